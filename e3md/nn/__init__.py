@@ -1,0 +1,1 @@
+"""Equivariant neural-network layers (flax.linen), e3x-compatible."""

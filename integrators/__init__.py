@@ -1,0 +1,1 @@
+"""Molecular-dynamics drivers on JAX-MD integrators."""
