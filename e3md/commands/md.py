@@ -1,0 +1,12 @@
+"""e3md md (not yet available in this version)."""
+
+import sys
+
+
+def add_arguments(parser) -> None:
+    pass
+
+
+def run(args) -> int:
+    print("e3md md: not yet available in this version", file=sys.stderr)
+    return 2
