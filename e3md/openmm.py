@@ -1,0 +1,543 @@
+r"""OpenMM adapter: an e3md potential as an ``openmm.PythonForce``, registered with openmm-ml.
+
+Two ways in:
+
+* openmm-ml (the entry point ``e3md`` in the group ``openmmml.potentials``)::
+
+      from openmmml import MLPotential
+      potential = MLPotential("e3md", model="rmd17-ethanol")        # shipped name or *.e3md path
+      system = potential.createSystem(topology)                      # whole system by e3md
+      mixed = potential.createMixedSystem(topology, mm_system, ml_atoms)   # ML/MM
+
+* directly: :func:`create_force` returns the ``PythonForce`` for a topology.
+
+Units are converted at this boundary only (factors from :mod:`e3md.units`): OpenMM positions in
+nm become Å, the e3md energy in eV becomes kJ/mol and the forces
+:math:`F = -\partial E/\partial R` in eV/Å become kJ/mol/nm.
+
+The neighbour search runs on the host in numpy once per force evaluation (positions arrive on
+the host anyway): every pair :math:`(i, j)` and lattice translation :math:`\mathbf{n}` with
+:math:`|\mathbf{R}_j - \mathbf{R}_i + \mathbf{n}^\top C| < r_c` becomes an edge, so periodic
+images are honoured through cell shifts. Edge arrays are padded to a capacity that only grows,
+so the jitted energy-and-force function recompiles rarely. The search is
+:math:`O(27 N^2)` and meant for ML regions of up to a few thousand atoms.
+
+``openmm`` / ``openmmml`` are imported lazily inside functions: importing this module needs
+neither, and the e3md core never imports this module. openmm-ml imports it through the entry
+point whenever ``openmmml`` is imported, so it must stay cheap (no jax at import time either).
+"""
+
+import logging
+import os
+import tempfile
+
+import numpy as np
+
+from e3md import units
+
+log = logging.getLogger(__name__)
+
+__all__ = ["E3mdImplFactory", "E3mdImpl", "E3mdCompute", "create_force", "neighbor_pairs"]
+
+# Lattice translations n in {-1, 0, 1}^3, the zero translation first.
+_SHIFTS = np.array(
+    sorted(
+        ((a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)),
+        key=lambda s: (s != (0, 0, 0), s),
+    ),
+    dtype=np.int64,
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Model file bytes <-> Potential
+# --------------------------------------------------------------------------------------------
+
+
+def _model_bytes(model) -> bytes:
+    """Bytes of an e3md model file for a shipped name, a path, or a ``Potential`` object."""
+    from e3md import potentials
+
+    if isinstance(model, bytes | bytearray):
+        return bytes(model)
+    if isinstance(model, str | os.PathLike):
+        if os.path.isfile(model):
+            with open(model, "rb") as fh:
+                return fh.read()
+        pot = potentials.load(model)  # a shipped name; raises a clear error when unknown
+    elif isinstance(model, potentials.Potential):
+        pot = model
+    else:
+        raise TypeError(
+            "model must be a shipped potential name, a path to an *.e3md file, model-file bytes "
+            f"or an e3md.potentials.Potential, got {type(model).__name__}"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.e3md")
+        pot.save(path)
+        with open(path, "rb") as fh:
+            return fh.read()
+
+
+def _potential_from_bytes(blob: bytes):
+    """Load a ``Potential`` from model-file bytes (the file format validates its checksum)."""
+    from e3md import potentials
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.e3md")
+        with open(path, "wb") as fh:
+            fh.write(blob)
+        return potentials.load(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Host-side geometry
+# --------------------------------------------------------------------------------------------
+
+
+def cell_widths(cell: np.ndarray) -> np.ndarray:
+    r"""Perpendicular widths of a cell, :math:`w_k = |\det C| / |\mathbf{a}_l \times \mathbf{a}_m|`.
+
+    Args:
+      cell: ``[3, 3]`` lattice vectors as rows (Å, or any length unit).
+    Returns:
+      ``[3]`` distances between opposite faces, in the unit of ``cell``.
+    """
+    cell = np.asarray(cell, dtype=np.float64)
+    volume = abs(np.linalg.det(cell))
+    areas = np.array(
+        [
+            np.linalg.norm(np.cross(cell[1], cell[2])),
+            np.linalg.norm(np.cross(cell[2], cell[0])),
+            np.linalg.norm(np.cross(cell[0], cell[1])),
+        ]
+    )
+    return volume / areas
+
+
+def check_cell(cell: np.ndarray, cutoff: float) -> None:
+    """Raise ``ValueError`` unless every perpendicular width of ``cell`` is >= 2 x ``cutoff``.
+
+    Args:
+      cell: ``[3, 3]`` lattice vectors as rows, Å.
+      cutoff: model cutoff, Å.
+    Raises:
+      ValueError: the cell is degenerate or thinner than twice the cutoff.
+    """
+    widths = cell_widths(cell)
+    if not np.all(np.isfinite(widths)) or np.any(widths <= 0):
+        raise ValueError(f"degenerate periodic cell (rows = lattice vectors, Å):\n{cell}")
+    if np.min(widths) < 2.0 * cutoff:
+        raise ValueError(
+            f"periodic cell too small for the e3md potential: perpendicular widths "
+            f"{np.round(widths, 4).tolist()} Å, but every width must be at least 2 x cutoff = "
+            f"{2.0 * cutoff:g} Å (cutoff {cutoff:g} Å); use a larger box"
+        )
+
+
+def neighbor_pairs(
+    positions: np.ndarray, cutoff: float, cell: np.ndarray | None = None, chunk: int = 256
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""All directed pairs closer than ``cutoff``, with periodic images as integer cell shifts.
+
+    Returns every :math:`(i, j, \mathbf{n})`, :math:`i \ne j` or :math:`\mathbf{n} \ne 0`, with
+
+    .. math::
+        |\mathbf{r}_{ij}| < r_c, \qquad
+        \mathbf{r}_{ij} = \mathbf{R}_j - \mathbf{R}_i + \mathbf{n}^\top C .
+
+    Both directions of a pair are listed. Positions need not be wrapped into the cell. With
+    perpendicular widths of at least :math:`r_c`, translations in :math:`\{-1,0,1\}^3` of the
+    wrapped positions find every image; :func:`check_cell` asks for :math:`2 r_c`.
+
+    Host-only (numpy), :math:`O(27 N^2)` in chunks of ``chunk`` receivers.
+
+    Args:
+      positions: ``[N, 3]`` Å.
+      cutoff: :math:`r_c`, Å.
+      cell: ``[3, 3]`` lattice vectors as rows (Å), or ``None`` for a free system.
+      chunk: receivers per block (memory ~ ``27 * chunk * N * 3`` floats).
+    Returns:
+      ``(receivers [E], senders [E], shifts [E, 3])``: int arrays; ``shifts`` are integer
+      multiples of the lattice vectors (all zero for a free system).
+    Raises:
+      ValueError: a periodic cell thinner than twice the cutoff, or non-finite positions.
+    """
+    R = np.asarray(positions, dtype=np.float64)
+    if R.ndim != 2 or R.shape[1] != 3:
+        raise ValueError(f"positions must have shape [N, 3], got {R.shape}")
+    if not np.all(np.isfinite(R)):
+        raise ValueError("positions contain NaN or inf")
+    n = R.shape[0]
+    cut2 = float(cutoff) ** 2
+    if cell is None:
+        shifts = _SHIFTS[:1]
+        offset = np.zeros((n, 3), dtype=np.int64)
+        Rw = R
+        cell = np.zeros((3, 3))
+    else:
+        cell = np.asarray(cell, dtype=np.float64)
+        check_cell(cell, cutoff)
+        frac = R @ np.linalg.inv(cell)
+        offset = np.floor(frac).astype(np.int64)  # R = Rw + offset @ cell
+        Rw = (frac - offset) @ cell
+        shifts = _SHIFTS
+    images = shifts @ cell  # [S, 3]
+    recv, send, shift_idx = [], [], []
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        d = Rw[None, None, :, :] - Rw[None, start:stop, None, :] + images[:, None, None, :]
+        close = np.einsum("sijk,sijk->sij", d, d) < cut2  # [S, chunk, N]
+        ii = np.arange(start, stop)
+        close[0, ii - start, ii] = False  # no self pair in the home cell
+        s, i, j = np.nonzero(close)
+        recv.append(i + start)
+        send.append(j)
+        shift_idx.append(s)
+    recv = np.concatenate(recv) if recv else np.zeros(0, np.int64)
+    send = np.concatenate(send) if send else np.zeros(0, np.int64)
+    shift_idx = np.concatenate(shift_idx) if shift_idx else np.zeros(0, np.int64)
+    # R_j - R_i + n C with wrapped positions equals the same with the originals once the
+    # wrapping offsets are folded into the shift: n' = n + offset_i - offset_j.
+    total = shifts[shift_idx] + offset[recv] - offset[send]
+    return recv.astype(np.int32), send.astype(np.int32), total.astype(np.int64)
+
+
+def _capacity(num_edges: int, current: int) -> int:
+    """Edge capacity that only grows: 25 % headroom, rounded up to a multiple of 64."""
+    if num_edges <= current:
+        return current
+    return max(64, int(np.ceil(1.25 * num_edges / 64.0)) * 64)
+
+
+# --------------------------------------------------------------------------------------------
+# The computation that PythonForce calls
+# --------------------------------------------------------------------------------------------
+
+
+class E3mdCompute:
+    r"""Picklable callable for ``openmm.PythonForce``: OpenMM ``State`` -> (kJ/mol, kJ/mol/nm).
+
+    It holds the e3md model file as bytes plus the per-atom species, so pickling (XmlSerializer,
+    ``copy.deepcopy`` in openmm-ml's interpolation set-up, copied Contexts) stores plain data;
+    the jitted function is rebuilt on unpickling.
+
+    .. math::
+        E_\text{OpenMM} = E_\text{e3md}\,[\text{eV}] \cdot \text{EV\_TO\_KJ\_PER\_MOL},\qquad
+        F_\text{OpenMM} = -\frac{\partial E_\text{e3md}}{\partial R}\,[\text{eV/Å}] \cdot
+        \text{EV\_PER\_A\_TO\_KJ\_PER\_MOL\_PER\_NM}
+
+    Args:
+      model_bytes: contents of an ``*.e3md`` file.
+      atomic_numbers: ``[N]`` atomic numbers of the atoms the force sees (after
+        ``PythonForce.setParticles``), in that order.
+      periodic: read box vectors from the State and use periodic images.
+      precision: ``"double"`` (float64, default) or ``"single"`` (float32) inside JAX.
+    Raises:
+      ValueError: unknown precision, or an atomic number the potential does not know.
+    """
+
+    def __init__(
+        self,
+        model_bytes: bytes,
+        atomic_numbers,
+        periodic: bool = False,
+        precision: str = "double",
+    ):
+        if precision not in ("single", "double"):
+            raise ValueError(f"precision must be 'single' or 'double', got {precision!r}")
+        self.model_bytes = bytes(model_bytes)
+        self.atomic_numbers = tuple(int(z) for z in atomic_numbers)
+        self.periodic = bool(periodic)
+        self.precision = precision
+        self._build()
+
+    # -- pickling: plain data only ------------------------------------------------------------
+    def __getstate__(self):
+        return {
+            "model_bytes": self.model_bytes,
+            "atomic_numbers": self.atomic_numbers,
+            "periodic": self.periodic,
+            "precision": self.precision,
+        }
+
+    def __setstate__(self, state):
+        self.model_bytes = state["model_bytes"]
+        self.atomic_numbers = tuple(state["atomic_numbers"])
+        self.periodic = bool(state["periodic"])
+        self.precision = state["precision"]
+        self._build()
+
+    # -- set-up -------------------------------------------------------------------------------
+    def _build(self) -> None:
+        self._potential = _potential_from_bytes(self.model_bytes)
+        self.cutoff = float(self._potential.cutoff)
+        self.species_index = species_indices(self.atomic_numbers, self._potential.species)
+        self._capacity = 0
+        self._fn = None  # jitted lazily on the first call
+
+    def _energy_forces_fn(self):
+        import jax
+        import jax.numpy as jnp
+
+        from e3md import potentials
+
+        pot = self._potential
+        dtype = jnp.float64 if self.precision == "double" else jnp.float32
+        with jax.enable_x64(self.precision == "double"):
+            params = jax.tree_util.tree_map(
+                lambda x: jnp.asarray(x, dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                pot.params,
+            )
+        far = jnp.asarray([2.0 * self.cutoff, 0.0, 0.0])
+
+        def energy(R, cell, species_index, recv, send, shift, edge_mask, atom_mask):
+            # r_ij = R_j - R_i + n C, receiver i, sender j; padded edges get a safe vector
+            # beyond the cutoff so neither the value nor its gradient sees 0/0.
+            r_ij = R[send] - R[recv] + shift.astype(R.dtype) @ cell
+            r_ij = jnp.where(edge_mask[:, None], r_ij, far.astype(R.dtype))
+            e_i = potentials.atomic_energies(
+                pot.config, params, r_ij, species_index, send, recv, edge_mask, atom_mask
+            )
+            return jnp.sum(jnp.where(atom_mask, e_i, 0.0))
+
+        @jax.jit
+        def energy_forces(R, cell, species_index, recv, send, shift, edge_mask, atom_mask):
+            e, g = jax.value_and_grad(energy)(
+                R, cell, species_index, recv, send, shift, edge_mask, atom_mask
+            )
+            return e, -g
+
+        return energy_forces
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def energy_forces(
+        self, positions: np.ndarray, cell: np.ndarray | None = None
+    ) -> tuple[float, np.ndarray]:
+        """Energy (eV) and forces (eV/Å) for positions in Å and an optional cell (rows, Å)."""
+        import jax
+
+        if self.periodic and cell is None:
+            raise ValueError("this e3md force is periodic but no cell was given")
+        R = np.asarray(positions, dtype=np.float64)
+        n = len(self.atomic_numbers)
+        if R.shape != (n, 3):
+            raise ValueError(f"expected positions of shape ({n}, 3), got {R.shape}")
+        recv, send, shift = neighbor_pairs(R, self.cutoff, cell if self.periodic else None)
+        num_edges = recv.shape[0]
+        capacity = _capacity(num_edges, self._capacity)
+        if capacity != self._capacity:
+            log.debug("e3md OpenMM force: edge capacity %d -> %d", self._capacity, capacity)
+            self._capacity = capacity
+        pad = capacity - num_edges
+        recv = np.concatenate([recv, np.full(pad, n, np.int32)])
+        send = np.concatenate([send, np.full(pad, n, np.int32)])
+        shift = np.concatenate([shift, np.zeros((pad, 3), np.int64)])
+        edge_mask = np.arange(capacity) < num_edges
+        atom_mask = np.ones(n, dtype=bool)
+        cell_arr = np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64)
+        dtype = np.float64 if self.precision == "double" else np.float32
+        with jax.enable_x64(self.precision == "double"):
+            if self._fn is None:
+                self._fn = self._energy_forces_fn()
+            e, f = self._fn(
+                R.astype(dtype),
+                cell_arr.astype(dtype),
+                np.asarray(self.species_index, np.int32),
+                recv,
+                send,
+                shift.astype(np.int32),
+                edge_mask,
+                atom_mask,
+            )
+            e = float(e)
+            f = np.asarray(f, dtype=np.float64)
+        return e, f
+
+    def __call__(self, state):
+        """OpenMM ``State`` -> (energy in kJ/mol, forces ``[N, 3]`` in kJ/mol/nm)."""
+        from openmm import unit
+
+        R = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer) * units.NM
+        cell = None
+        if self.periodic:
+            box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)
+            cell = np.asarray(box, dtype=np.float64) * units.NM  # rows = a, b, c
+        e, f = self.energy_forces(np.asarray(R, dtype=np.float64), cell)
+        return e * units.EV_TO_KJ_PER_MOL, f * units.EV_PER_A_TO_KJ_PER_MOL_PER_NM
+
+
+def species_indices(atomic_numbers, species) -> np.ndarray:
+    """Map atomic numbers to indices into the potential's sorted ``species`` tuple.
+
+    Raises:
+      ValueError: an atomic number the potential does not know, naming the atoms.
+    """
+    lookup = {int(z): k for k, z in enumerate(species)}
+    unknown = [(a, int(z)) for a, z in enumerate(atomic_numbers) if int(z) not in lookup]
+    if unknown:
+        from ase.data import chemical_symbols
+
+        shown = ", ".join(
+            f"atom {a} ({chemical_symbols[z] if 0 < z < len(chemical_symbols) else z})"
+            for a, z in unknown[:10]
+        )
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        known = ", ".join(chemical_symbols[int(z)] for z in species)
+        raise ValueError(
+            f"the e3md potential does not know the element of {shown}{more}; it was trained "
+            f"for {known} only"
+        )
+    return np.array([lookup[int(z)] for z in atomic_numbers], dtype=np.int32)
+
+
+# --------------------------------------------------------------------------------------------
+# Building the force
+# --------------------------------------------------------------------------------------------
+
+
+def _topology_atomic_numbers(topology, atoms) -> list[int]:
+    all_atoms = list(topology.atoms())
+    chosen = all_atoms if atoms is None else [all_atoms[i] for i in atoms]
+    numbers = []
+    for atom in chosen:
+        if atom.element is None:
+            raise ValueError(
+                f"atom {atom.index} ({atom.name!r} in residue {atom.residue.name!r}) has no "
+                "element (virtual site or extra particle); it cannot be given to the e3md "
+                "potential: leave it out of the ML atoms"
+            )
+        numbers.append(int(atom.element.atomic_number))
+    return numbers
+
+
+def create_force(
+    model,
+    topology,
+    atoms=None,
+    *,
+    periodic: bool | None = None,
+    box_vectors=None,
+    force_group: int = 0,
+    precision: str = "double",
+):
+    """Build an ``openmm.PythonForce`` computing the e3md energy of (a subset of) a topology.
+
+    Args:
+      model: shipped potential name, path to an ``*.e3md`` file, model-file bytes, or an
+        ``e3md.potentials.Potential``.
+      topology: ``openmm.app.Topology``; elements come from its atoms.
+      atoms: indices of the particles the potential acts on (``None``: all). The force is
+        restricted to them with ``PythonForce.setParticles``.
+      periodic: use periodic box vectors; ``None`` means "if the topology has box vectors".
+      box_vectors: box (``openmm`` Quantity, 3 vectors) checked against 2 x cutoff up front;
+        default: the topology's. Every evaluation checks the current box again.
+      force_group: OpenMM force group (0-31).
+      precision: ``"double"`` or ``"single"`` arithmetic inside JAX.
+    Returns:
+      The ``openmm.PythonForce`` (not yet added to any System).
+    Raises:
+      ValueError: unknown element, atom without element, or (periodic) a box thinner than
+        2 x cutoff.
+    """
+    import openmm
+
+    atoms = None if atoms is None else [int(a) for a in atoms]
+    numbers = _topology_atomic_numbers(topology, atoms)
+    if periodic is None:
+        periodic = topology.getPeriodicBoxVectors() is not None
+    compute = E3mdCompute(_model_bytes(model), numbers, periodic=periodic, precision=precision)
+    if box_vectors is None:
+        box_vectors = topology.getPeriodicBoxVectors()
+    if periodic and box_vectors is not None:
+        cell = [[float(x) for x in v.value_in_unit(openmm.unit.nanometer)] for v in box_vectors]
+        check_cell(np.asarray(cell) * units.NM, compute.cutoff)
+    force = openmm.PythonForce(compute)
+    force.setName("e3md")
+    force.setForceGroup(int(force_group))
+    force.setUsesPeriodicBoundaryConditions(bool(periodic))
+    if atoms is not None:
+        force.setParticles(atoms)
+    return force
+
+
+# --------------------------------------------------------------------------------------------
+# openmm-ml registration (entry point: e3md = "e3md.openmm:E3mdImplFactory")
+# --------------------------------------------------------------------------------------------
+
+
+class E3mdImplFactory:
+    """openmm-ml factory: ``MLPotential('e3md', model=...)`` calls :meth:`createImpl`.
+
+    Duck-typed against ``openmmml.mlpotential.MLPotentialImplFactory`` so that this module
+    imports without openmm-ml.
+    """
+
+    def createImpl(self, name: str, model=None, **args) -> "E3mdImpl":
+        """Create the impl; ``model`` is a shipped name, ``*.e3md`` path, bytes or Potential.
+
+        Raises:
+          ValueError: no ``model`` given.
+        """
+        if model is None:
+            raise ValueError(
+                "MLPotential('e3md', model=...) needs model=<shipped potential name | path to "
+                "an *.e3md file | e3md.potentials.Potential>"
+            )
+        if args:
+            log.debug("e3md: ignoring MLPotential arguments %s", sorted(args))
+        return E3mdImpl(name, model)
+
+
+class E3mdImpl:
+    """openmm-ml impl: adds one e3md ``PythonForce`` to a System (duck-typed ``MLPotentialImpl``).
+
+    The model file is read once here, so a bad name or path fails when ``MLPotential`` is
+    constructed.
+    """
+
+    def __init__(self, name: str, model):
+        self.name = name
+        self.model_bytes = _model_bytes(model)
+
+    def addForces(
+        self,
+        topology,
+        system,
+        atoms,
+        forceGroup,
+        precision: str = "double",
+        **args,
+    ) -> None:
+        """Add the e3md force for ``atoms`` (``None``: all) to ``system``.
+
+        Periodic when the topology has box vectors or the System already uses periodic
+        boundary conditions. Other keyword arguments (embedding options) are ignored.
+        """
+        periodic = (
+            topology.getPeriodicBoxVectors() is not None or system.usesPeriodicBoundaryConditions()
+        )
+        box = topology.getPeriodicBoxVectors()
+        if periodic and box is None:
+            box = system.getDefaultPeriodicBoxVectors()
+        force = create_force(
+            self.model_bytes,
+            topology,
+            atoms,
+            periodic=periodic,
+            box_vectors=box,
+            force_group=forceGroup,
+            precision=precision,
+        )
+        system.addForce(force)
+
+    def getSupportedEmbeddings(self) -> list[str]:
+        """No e3md-specific embeddings; openmm-ml's generic ones (mechanical) apply."""
+        return []
+
+    def getMLLongRange(self) -> bool:
+        """e3md potentials are local (finite cutoff), never long-ranged."""
+        return False
+
+    def createMixedSystem(self, *args, **kwargs):
+        raise NotImplementedError("e3md has no potential-specific embedding")
