@@ -232,7 +232,9 @@ class E3mdCompute:
       atomic_numbers: ``[N]`` atomic numbers of the atoms the force sees (after
         ``PythonForce.setParticles``), in that order.
       periodic: read box vectors from the State and use periodic images.
-      precision: ``"double"`` (float64, default) or ``"single"`` (float32) inside JAX.
+      precision: ``"double"`` (float64, default) or ``"single"`` (float32): the model's
+        ``config.dtype`` and parameters are cast to it for evaluation inside OpenMM, whatever
+        dtype the file was trained in (double keeps NVE energy drift low).
     Raises:
       ValueError: unknown precision, or an atomic number the potential does not know.
     """
@@ -270,7 +272,12 @@ class E3mdCompute:
 
     # -- set-up -------------------------------------------------------------------------------
     def _build(self) -> None:
-        self._potential = _potential_from_bytes(self.model_bytes)
+        import jax
+
+        # load with x64 on so a float64 model file restores as stored, whatever the caller's
+        # global setting; the evaluation dtype is chosen later by ``precision``
+        with jax.enable_x64(True):
+            self._potential = _potential_from_bytes(self.model_bytes)
         self.cutoff = float(self._potential.cutoff)
         self.species_index = species_indices(self.atomic_numbers, self._potential.species)
         self._capacity = 0
@@ -284,6 +291,7 @@ class E3mdCompute:
 
         pot = self._potential
         dtype = jnp.float64 if self.precision == "double" else jnp.float32
+        config = pot.config.replace(dtype=jnp.dtype(dtype).name)
         with jax.enable_x64(self.precision == "double"):
             params = jax.tree_util.tree_map(
                 lambda x: jnp.asarray(x, dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
@@ -297,7 +305,7 @@ class E3mdCompute:
             r_ij = R[send] - R[recv] + shift.astype(R.dtype) @ cell
             r_ij = jnp.where(edge_mask[:, None], r_ij, far.astype(R.dtype))
             e_i = potentials.atomic_energies(
-                pot.config, params, r_ij, species_index, send, recv, edge_mask, atom_mask
+                config, params, r_ij, species_index, send, recv, edge_mask, atom_mask
             )
             return jnp.sum(jnp.where(atom_mask, e_i, 0.0))
 
