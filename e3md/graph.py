@@ -1,0 +1,79 @@
+r"""Edge vectors :math:`\mathbf r_{ij}` from positions and neighbour lists (jit-friendly).
+
+Convention (CONTRIBUTING): in a jax-md ``Sparse`` neighbour list ``idx[0]`` is the receiver
+:math:`i` (``dst``) and ``idx[1]`` the sender :math:`j` (``src``); padded edges hold the index
+``N``. The edge vector points from receiver to sender,
+:math:`\mathbf r_{ij} = \mathbf R_j - \mathbf R_i` (plus a periodic shift), i.e.
+``displacement_fn(R[j], R[i])`` in jax-md's convention ``displacement_fn(Ra, Rb) = Ra - Rb``.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+__all__ = ["edge_vectors", "edge_vectors_from_shifts"]
+
+
+def edge_vectors(
+    displacement_fn: Any,
+    R: Float[Array, "N 3"],
+    idx: Int[Array, "2 E"],
+    **kwargs: Any,
+) -> tuple[Float[Array, "E 3"], Int[Array, " E"], Int[Array, " E"], Bool[Array, " E"]]:
+    r"""Edge vectors of a jax-md Sparse neighbour list.
+
+    Args:
+      displacement_fn: jax-md displacement function ``(Ra, Rb, **kwargs) -> Ra - Rb`` (Å),
+        for a single pair; it is vmapped over edges here.
+      R: positions ``[N, 3]`` (Å, or fractional if the space uses fractional coordinates).
+      idx: neighbour indices ``[2, E]``: receivers in row 0, senders in row 1, padding ``N``.
+      **kwargs: forwarded to ``displacement_fn`` (``box=``, ``perturbation=``, ...).
+
+    Returns:
+      ``(r_ij, src, dst, edge_mask)``: edge vectors ``R_src - R_dst`` in Å ``[E, 3]`` (zero for
+      padded edges), sender and receiver indices (padding kept as ``N``), and the mask of real
+      edges.
+    """
+    N = R.shape[0]
+    dst, src = idx[0], idx[1]
+    mask = (src < N) & (dst < N)
+    sc = jnp.where(mask, src, 0)
+    dc = jnp.where(mask, dst, 0)
+    disp = jax.vmap(lambda a, b: displacement_fn(a, b, **kwargs))
+    r = disp(R[sc], R[dc])
+    r = jnp.where(mask[:, None], r, jnp.zeros((), r.dtype))
+    return r, src, dst, mask
+
+
+def edge_vectors_from_shifts(
+    R: Float[Array, "N 3"],
+    src: Int[Array, " E"],
+    dst: Int[Array, " E"],
+    shifts: Float[Array, "E 3"] | None = None,
+    cell: Float[Array, "3 3"] | None = None,
+) -> Float[Array, "E 3"]:
+    r"""Edge vectors :math:`\mathbf R_{src} - \mathbf R_{dst} + \mathbf s\,\mathbf C` (Å).
+
+    For neighbour lists that give explicit periodic image shifts (ASE, vesin, matscipy): the
+    sender's image is displaced by integer lattice shifts ``shifts`` (rows of ``cell`` are lattice
+    vectors, ASE convention). Out-of-range (padding) indices are clamped; mask them downstream.
+
+    Args:
+      R: positions ``[N, 3]`` in Å.
+      src: sender indices ``[E]``.
+      dst: receiver indices ``[E]``.
+      shifts: integer image shifts ``[E, 3]`` (or None for free space).
+      cell: ASE cell ``[3, 3]``, lattice vectors as rows, Å.
+
+    Returns:
+      ``[E, 3]`` edge vectors in Å.
+    """
+    N = R.shape[0]
+    r = R[jnp.clip(src, 0, N - 1)] - R[jnp.clip(dst, 0, N - 1)]
+    if shifts is not None:
+        if cell is None:
+            raise ValueError("shifts given without a cell")
+        r = r + jnp.asarray(shifts, R.dtype) @ jnp.asarray(cell, R.dtype)
+    return r
