@@ -32,12 +32,20 @@ import os
 import tempfile
 
 import numpy as np
+from jaxtyping import Float, Int
 
-from e3md import units
+from e3md import units, validate
 
 log = logging.getLogger(__name__)
 
-__all__ = ["E3mdImplFactory", "E3mdImpl", "E3mdCompute", "create_force", "neighbor_pairs"]
+__all__ = [
+    "E3mdCompute",
+    "E3mdImpl",
+    "E3mdImplFactory",
+    "create_force",
+    "neighbor_pairs",
+    "species_indices",
+]
 
 # Lattice translations n in {-1, 0, 1}^3, the zero translation first.
 _SHIFTS = np.array(
@@ -95,49 +103,12 @@ def _potential_from_bytes(blob: bytes):
 # --------------------------------------------------------------------------------------------
 
 
-def cell_widths(cell: np.ndarray) -> np.ndarray:
-    r"""Perpendicular widths of a cell, :math:`w_k = |\det C| / |\mathbf{a}_l \times \mathbf{a}_m|`.
-
-    Args:
-      cell: ``[3, 3]`` lattice vectors as rows (Å, or any length unit).
-    Returns:
-      ``[3]`` distances between opposite faces, in the unit of ``cell``.
-    """
-    cell = np.asarray(cell, dtype=np.float64)
-    volume = abs(np.linalg.det(cell))
-    areas = np.array(
-        [
-            np.linalg.norm(np.cross(cell[1], cell[2])),
-            np.linalg.norm(np.cross(cell[2], cell[0])),
-            np.linalg.norm(np.cross(cell[0], cell[1])),
-        ]
-    )
-    return volume / areas
-
-
-def check_cell(cell: np.ndarray, cutoff: float) -> None:
-    """Raise ``ValueError`` unless every perpendicular width of ``cell`` is >= 2 x ``cutoff``.
-
-    Args:
-      cell: ``[3, 3]`` lattice vectors as rows, Å.
-      cutoff: model cutoff, Å.
-    Raises:
-      ValueError: the cell is degenerate or thinner than twice the cutoff.
-    """
-    widths = cell_widths(cell)
-    if not np.all(np.isfinite(widths)) or np.any(widths <= 0):
-        raise ValueError(f"degenerate periodic cell (rows = lattice vectors, Å):\n{cell}")
-    if np.min(widths) < 2.0 * cutoff:
-        raise ValueError(
-            f"periodic cell too small for the e3md potential: perpendicular widths "
-            f"{np.round(widths, 4).tolist()} Å, but every width must be at least 2 x cutoff = "
-            f"{2.0 * cutoff:g} Å (cutoff {cutoff:g} Å); use a larger box"
-        )
-
-
 def neighbor_pairs(
-    positions: np.ndarray, cutoff: float, cell: np.ndarray | None = None, chunk: int = 256
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    positions: Float[np.ndarray, "N 3"],
+    cutoff: float,
+    cell: Float[np.ndarray, "3 3"] | None = None,
+    chunk: int = 256,
+) -> tuple[Int[np.ndarray, " E"], Int[np.ndarray, " E"], Int[np.ndarray, "E 3"]]:
     r"""All directed pairs closer than ``cutoff``, with periodic images as integer cell shifts.
 
     Returns every :math:`(i, j, \mathbf{n})`, :math:`i \ne j` or :math:`\mathbf{n} \ne 0`, with
@@ -148,7 +119,8 @@ def neighbor_pairs(
 
     Both directions of a pair are listed. Positions need not be wrapped into the cell. With
     perpendicular widths of at least :math:`r_c`, translations in :math:`\{-1,0,1\}^3` of the
-    wrapped positions find every image; :func:`check_cell` asks for :math:`2 r_c`.
+    wrapped positions find every image; :func:`e3md.validate.check_box` asks for :math:`2 r_c`
+    like every other e3md entry point.
 
     Host-only (numpy), :math:`O(27 N^2)` in chunks of ``chunk`` receivers.
 
@@ -163,11 +135,7 @@ def neighbor_pairs(
     Raises:
       ValueError: a periodic cell thinner than twice the cutoff, or non-finite positions.
     """
-    R = np.asarray(positions, dtype=np.float64)
-    if R.ndim != 2 or R.shape[1] != 3:
-        raise ValueError(f"positions must have shape [N, 3], got {R.shape}")
-    if not np.all(np.isfinite(R)):
-        raise ValueError("positions contain NaN or inf")
+    R = validate.check_positions(positions).astype(np.float64)
     n = R.shape[0]
     cut2 = float(cutoff) ** 2
     if cell is None:
@@ -177,7 +145,7 @@ def neighbor_pairs(
         cell = np.zeros((3, 3))
     else:
         cell = np.asarray(cell, dtype=np.float64)
-        check_cell(cell, cutoff)
+        validate.check_box(cell.T, cutoff)  # jax-md convention: lattice vectors as columns
         frac = R @ np.linalg.inv(cell)
         offset = np.floor(frac).astype(np.int64)  # R = Rw + offset @ cell
         Rw = (frac - offset) @ cell
@@ -320,9 +288,21 @@ class E3mdCompute:
 
     # -- evaluation ---------------------------------------------------------------------------
     def energy_forces(
-        self, positions: np.ndarray, cell: np.ndarray | None = None
-    ) -> tuple[float, np.ndarray]:
-        """Energy (eV) and forces (eV/Å) for positions in Å and an optional cell (rows, Å)."""
+        self,
+        positions: Float[np.ndarray, "N 3"],
+        cell: Float[np.ndarray, "3 3"] | None = None,
+    ) -> tuple[float, Float[np.ndarray, "N 3"]]:
+        """Energy and forces of the e3md potential, in e3md units.
+
+        Args:
+          positions: ``[N, 3]`` Å.
+          cell: ``[3, 3]`` lattice vectors as rows, Å (required for a periodic force).
+        Returns:
+          ``(E, F)``: energy in eV, forces ``-dE/dR`` of shape ``[N, 3]`` in eV/Å.
+        Raises:
+          ValueError: wrong shape, NaN/inf, atoms closer than
+            :data:`e3md.validate.MIN_DISTANCE`, or a cell thinner than 2 x cutoff.
+        """
         import jax
 
         if self.periodic and cell is None:
@@ -333,6 +313,9 @@ class E3mdCompute:
             raise ValueError(f"expected positions of shape ({n}, 3), got {R.shape}")
         recv, send, shift = neighbor_pairs(R, self.cutoff, cell if self.periodic else None)
         num_edges = recv.shape[0]
+        cell_arr = np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64)
+        distances = np.linalg.norm(R[send] - R[recv] + shift @ cell_arr, axis=1)
+        validate.check_min_distance(distances, np.stack([recv, send]))
         capacity = _capacity(num_edges, self._capacity)
         if capacity != self._capacity:
             log.debug("e3md OpenMM force: edge capacity %d -> %d", self._capacity, capacity)
@@ -343,7 +326,6 @@ class E3mdCompute:
         shift = np.concatenate([shift, np.zeros((pad, 3), np.int64)])
         edge_mask = np.arange(capacity) < num_edges
         atom_mask = np.ones(n, dtype=bool)
-        cell_arr = np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64)
         dtype = np.float64 if self.precision == "double" else np.float32
         with jax.enable_x64(self.precision == "double"):
             if self._fn is None:
@@ -459,7 +441,7 @@ def create_force(
         box_vectors = topology.getPeriodicBoxVectors()
     if periodic and box_vectors is not None:
         cell = [[float(x) for x in v.value_in_unit(openmm.unit.nanometer)] for v in box_vectors]
-        check_cell(np.asarray(cell) * units.NM, compute.cutoff)
+        validate.check_box(np.asarray(cell).T * units.NM, compute.cutoff)
     force = openmm.PythonForce(compute)
     force.setName("e3md")
     force.setForceGroup(int(force_group))
