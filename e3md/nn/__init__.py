@@ -24,6 +24,7 @@ from e3md.nn.activations import (
     soft_sign,
     swish,
 )
+from e3md.nn.basis import basis
 from e3md.nn.cutoff import cosine_cutoff, polynomial_cutoff, smooth_cutoff
 from e3md.nn.dense import Dense, Embed
 from e3md.nn.ops import gather_src, indexed_sum, normalize_and_norm, safe_norm
@@ -38,6 +39,7 @@ from e3md.nn.radial import (
 __all__ = [
     "Dense",
     "Embed",
+    "basis",
     "bent_identity",
     "bernstein",
     "bessel",
