@@ -163,6 +163,9 @@ class RunConfig:
       output_dir: where the potential, card and plots go (default ``potentials/<name>``).
       bucket_fraction: padding granularity: sizes are rounded up to the next multiple of
         ``2**floor(log2(n)) * bucket_fraction``, i.e. at most that fraction of padding.
+      select: which parameters are shipped: ``"best"`` (EMA parameters of the epoch with the
+        lowest validation loss) or ``"last"`` (final EMA parameters; then the validation set
+        takes part in no decision at all and its errors are unbiased).
     """
 
     batch_size: int = 5
@@ -176,6 +179,7 @@ class RunConfig:
     checkpoint_dir: str = ""
     output_dir: str = ""
     bucket_fraction: float = 0.25
+    select: str = "best"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -321,6 +325,8 @@ def _validate(cfg: TrainConfig) -> None:
         )
     if not 0.0 <= t.ema_decay < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1), got {t.ema_decay}")
+    if t.select not in ("best", "last"):
+        raise ValueError(f"[training].select must be 'best' or 'last', got {t.select!r}")
     if o.name not in ("adam", "amsgrad", "adamw"):
         raise ValueError(f"optimizer name must be adam, amsgrad or adamw, got {o.name!r}")
     if o.schedule not in ("constant", "cosine", "exponential"):
@@ -1082,7 +1088,7 @@ class Trainer:
             f.write(serialization.msgpack_serialize(payload))
         os.replace(tmp, os.path.join(directory, "state.msgpack"))
         try:
-            self.potential(st.best_params).save(os.path.join(directory, "model.e3md"))
+            self.potential().save(os.path.join(directory, "model.e3md"))
         except (ImportError, AttributeError) as err:  # Potential not available
             log.warning("checkpoint model file not written: %s", err)
         log.info("checkpoint written to %s (epoch %d, step %d)", directory, st.epoch, st.step)
@@ -1127,7 +1133,9 @@ class Trainer:
         """The shipped :class:`e3md.potentials.Potential` (fitted E0 restored)."""
         from e3md.potentials import Potential
 
-        params = self.state.best_params if params is None else params
+        if params is None:
+            last = self.config.training.select == "last"
+            params = self.state.ema if last else self.state.best_params
         return Potential(self.model_config, params, metadata=metadata or {})
 
 
@@ -1222,7 +1230,7 @@ def write_outputs(
     out = output_dir or cfg.output_dir
     os.makedirs(out, exist_ok=True)
     hardware = hardware or hardware_description()
-    pot = trainer.potential(st.best_params)
+    pot = trainer.potential()
     valid_m, valid_pred = evaluate(pot, trainer.valid_data, cfg.training.batch_size)
     test_m = test_pred = None
     if trainer.test_data is not None and len(trainer.test_data):
@@ -1294,6 +1302,18 @@ def write_outputs(
     }
 
 
+def _split_note(cfg: TrainConfig) -> str:
+    if cfg.training.select == "last" and not cfg.training.patience:
+        return (
+            "The validation structures took part in no decision of the run (no early "
+            "stopping, final parameters shipped): their errors are errors on unseen data."
+        )
+    return (
+        "The validation structures were never fitted, but they chose the shipped epoch "
+        "(early stopping / best epoch), so their errors are slightly optimistic."
+    )
+
+
 def _model_card(trainer, digest, valid_m, test_m, hardware, data_files, pngs, format_table):
     cfg, st = trainer.config, trainer.state
     mc = trainer.model_config
@@ -1324,9 +1344,8 @@ def _model_card(trainer, digest, valid_m, test_m, hardware, data_files, pngs, fo
     lines += [
         f"- **Split**: {len(trainer.train_data)} training / {len(trainer.valid_data)} "
         f"validation structures, drawn at random from the file(s) with seed "
-        f"{cfg.data.split_seed}. The validation structures were never used for fitting; they "
-        "were used for early stopping / choosing the best epoch, so validation errors are "
-        "slightly optimistic."
+        f"{cfg.data.split_seed}. "
+        + _split_note(cfg)
         + (" Test errors below are on a separate held-out file." if test_m else ""),
         f"- **Validation indices** (0-based, into the concatenated file(s)): "
         f"{', '.join(str(int(i)) for i in trainer.valid_idx)}",
@@ -1342,8 +1361,13 @@ def _model_card(trainer, digest, valid_m, test_m, hardware, data_files, pngs, fo
         "",
         "## Training",
         "",
-        f"- {st.epoch} epochs, {st.step} steps, {st.elapsed / 60:.1f} min wall clock; best "
-        f"(EMA) parameters from epoch {st.best_epoch}; stopped because: {st.stopped}",
+        f"- {st.epoch} epochs, {st.step} steps, {st.elapsed / 60:.1f} min wall clock; "
+        + (
+            f"shipped the final EMA parameters (epoch {st.epoch})"
+            if cfg.training.select == "last"
+            else f"shipped the best EMA parameters (epoch {st.best_epoch})"
+        )
+        + f"; stopped because: {st.stopped}",
         f"- Hardware: {hardware}",
         "",
         "Full configuration (`e3md train` input):",
