@@ -1,0 +1,222 @@
+r"""ASE calculator: any e3md potential as a drop-in ``ase.calculators.calculator.Calculator``.
+
+The adapter only converts layouts and units. Neighbours come from vesin (full list with integer
+cell shifts :math:`S`, so free molecules, slabs with mixed periodicity and cells smaller than
+twice the cutoff are all handled by periodic images); the edge vector from receiver :math:`i`
+to sender :math:`j` is
+
+.. math::
+  r_{ij} = (R_j - R_i + S_{ij} C)\,(I + \varepsilon)^T \quad\text{(Å)},
+
+with :math:`C` the ASE cell (lattice vectors as rows) and :math:`\varepsilon` a symmetric strain
+that is zero in value and only exists to be differentiated. One jitted function returns
+
+.. math::
+  E = \sum_i e_i,\qquad F_i = -\frac{\partial E}{\partial R_i},\qquad
+  \sigma = \frac{1}{V}\frac{\partial E}{\partial \varepsilon}\Big|_{\varepsilon=0}
+
+(eV, eV/Å, eV/Å³; ASE's sign: positive stress is tensile). Atoms and edges are padded to size
+buckets (:func:`bucket_size`), so a relaxation or an ASE MD run compiles once per bucket.
+"""
+
+import functools
+import logging
+import os
+
+import ase.units
+import jax
+import jax.numpy as jnp
+import numpy as np
+import vesin
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+from ase.data import chemical_symbols
+from ase.stress import full_3x3_to_voigt_6_stress
+
+log = logging.getLogger(__name__)
+
+__all__ = ["E3MDCalculator", "bucket_size", "UNIT_TABLE"]
+
+#: (ASE result key, e3md output key, factor e3md unit -> ASE unit). e3md works in eV and Å, as
+#: ASE does, so every factor is 1; this table is still the one place where units would change.
+UNIT_TABLE = (
+    ("energy", "energy", ase.units.eV),
+    ("free_energy", "energy", ase.units.eV),
+    ("energies", "energies", ase.units.eV),
+    ("forces", "forces", ase.units.eV / ase.units.Ang),
+    ("stress", "stress", ase.units.eV / ase.units.Ang**3),
+)
+
+
+def bucket_size(n: int, minimum: int) -> int:
+    r"""Smallest padded size :math:`\ge \max(n, \mathrm{minimum})` on the grid
+    :math:`2^k \cdot \{1, 1.25, 1.5, 1.75\}` (at most 25 % padding, few distinct shapes).
+
+    Args:
+      n: number of real atoms or edges.
+      minimum: smallest bucket (a power of two >= 4).
+    Returns:
+      The bucket size.
+    """
+    n = max(int(n), int(minimum))
+    base = 1 << max(n.bit_length() - 1, 2)
+    for size in (base, base * 5 // 4, base * 3 // 2, base * 7 // 4, 2 * base):
+        if size >= n:
+            return size
+    raise AssertionError("unreachable")
+
+
+def _bind_potential(potential, dtype: str):
+    """``(atomic_energies(params, r_ij, species_index, src, dst, edge_mask, atom_mask), params,
+    config)`` of a shipped name, a model file or a ``Potential``, computing in ``dtype``."""
+    from e3md import potentials
+
+    if isinstance(potential, str | os.PathLike):
+        potential = potentials.load(potential)
+    config = potential.config.replace(dtype=dtype)
+    return functools.partial(potentials.atomic_energies, config), potential.params, config
+
+
+def _make_evaluate(atomic_energies, far: float, trace_log: list):
+    """The jitted ``(params, R, cell, shifts, species_index, src, dst, edge_mask, atom_mask) ->
+    (E, e_i, F, dE/dε)``; every trace appends the atom and edge bucket to ``trace_log``."""
+
+    def total_energy(
+        R, strain, params, cell, shifts, species_index, src, dst, edge_mask, atom_mask
+    ):
+        deform = jnp.eye(3, dtype=R.dtype) + 0.5 * (strain + strain.T)
+        r_ij = (R[src] - R[dst] + shifts @ cell) @ deform.T
+        # padded edges point at index N (clamped by the gather): give them a finite length beyond
+        # the cutoff, so no 0/0 can arise in a norm or its gradient; they are masked anyway.
+        r_ij = jnp.where(edge_mask[:, None], r_ij, jnp.asarray([far, 0.0, 0.0], R.dtype))
+        e_i = atomic_energies(params, r_ij, species_index, src, dst, edge_mask, atom_mask)
+        e_i = jnp.where(atom_mask, e_i, 0.0)
+        return jnp.sum(e_i), e_i
+
+    grad_fn = jax.value_and_grad(total_energy, argnums=(0, 1), has_aux=True)
+
+    @jax.jit
+    def evaluate(params, R, cell, shifts, species_index, src, dst, edge_mask, atom_mask):
+        trace_log.append((R.shape[0], src.shape[0]))  # runs once per trace, i.e. per compile
+        strain = jnp.zeros((3, 3), R.dtype)
+        (energy, e_i), (dE_dR, dE_deps) = grad_fn(
+            R, strain, params, cell, shifts, species_index, src, dst, edge_mask, atom_mask
+        )
+        return energy, e_i, -dE_dR, dE_deps
+
+    return evaluate
+
+
+class E3MDCalculator(Calculator):
+    r"""ASE calculator for an e3md potential.
+
+    Args:
+      potential: a shipped potential's name, a ``*.e3md`` model file, or an
+        ``e3md.potentials.Potential``.
+      dtype: ``"float32"`` or ``"float64"`` computation (float64 needs ``jax_enable_x64``, which
+        the caller sets; the library never changes jax config).
+      min_atoms: smallest atom bucket (padding, see :func:`bucket_size`).
+      min_edges: smallest edge bucket.
+      **kwargs: forwarded to ``ase.calculators.calculator.Calculator``.
+
+    Attributes:
+      traces: one ``(atom bucket, edge bucket)`` entry per compilation of the energy function.
+
+    Results: ``energy`` and ``free_energy`` (eV), ``energies`` (eV per atom), ``forces`` (eV/Å),
+    ``stress`` (Voigt xx yy zz yz xz xy, eV/Å³, :math:`\sigma = V^{-1}\partial E/\partial
+    \varepsilon`; only with a 3D cell).
+
+    Raises:
+      ValueError: on ``calculate``, for elements the potential does not know, non-finite
+        positions or cell, or a periodic direction without a cell vector; at construction, for a
+        bad ``dtype`` or float64 without x64.
+    """
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+
+    def __init__(
+        self,
+        potential,
+        dtype: str = "float32",
+        *,
+        min_atoms: int = 8,
+        min_edges: int = 64,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        if dtype == "float64" and jnp.zeros((), jnp.float64).dtype != jnp.float64:
+            raise ValueError("dtype='float64' needs jax.config.update('jax_enable_x64', True)")
+        self.dtype = np.dtype(dtype)
+        atomic_energies, params, self.config = _bind_potential(potential, dtype)
+        self.cutoff, species = float(self.config.cutoff), self.config.species
+        self.params = jax.tree.map(
+            lambda p: jnp.asarray(p, self.dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p,
+            params,
+        )
+        self.species = tuple(int(z) for z in species)
+        self._index_of = np.full(119, -1, np.int32)
+        self._index_of[list(self.species)] = np.arange(len(self.species), dtype=np.int32)
+        self.min_atoms, self.min_edges = int(min_atoms), int(min_edges)
+        self.traces: list[tuple[int, int]] = []
+        self._evaluate = _make_evaluate(atomic_energies, 2.0 * self.cutoff + 1.0, self.traces)
+        self._neighbors = vesin.NeighborList(cutoff=self.cutoff, full_list=True)
+
+    def _graph(self, atoms):
+        """Host side: validate ``atoms``, build the neighbour list, pad to buckets."""
+        numbers, R = atoms.numbers, np.asarray(atoms.positions, np.float64)
+        cell, pbc = np.asarray(atoms.cell[:], np.float64), np.asarray(atoms.pbc, bool)
+        index = self._index_of[np.clip(numbers, 0, 118)]
+        if np.any(index < 0) or np.any(numbers > 118):
+            unknown = sorted({int(z) for z, k in zip(numbers, index, strict=True) if k < 0})
+            symbols = [chemical_symbols[z] if 0 < z < 119 else str(z) for z in unknown]
+            raise ValueError(
+                f"elements {symbols} are unknown to the potential (knows Z={self.species})"
+            )
+        if not np.all(np.isfinite(R)):
+            bad = np.flatnonzero(~np.all(np.isfinite(R), axis=1))
+            raise ValueError(f"non-finite positions for atoms {bad[:10].tolist()}")
+        if not np.all(np.isfinite(cell)):
+            raise ValueError(f"non-finite cell {cell.tolist()}")
+        if pbc.any():
+            periodic = cell[pbc]
+            if np.linalg.matrix_rank(periodic, tol=1e-8) < len(periodic):
+                raise ValueError(
+                    f"pbc={pbc.tolist()} needs independent cell vectors for the "
+                    f"periodic directions, got cell {cell.tolist()}"
+                )
+        i, j, S = self._neighbors.compute(R, cell, pbc, "ijS", copy=True)
+        n, e = len(R), len(i)
+        n_pad, e_pad = bucket_size(n, self.min_atoms), bucket_size(e, self.min_edges)
+        pad = lambda x, size, fill, dtype: np.concatenate(
+            [np.asarray(x, dtype), np.full((size - len(x),) + np.shape(x)[1:], fill, dtype)]
+        )
+        return dict(
+            R=pad(R, n_pad, 0.0, self.dtype),
+            cell=cell.astype(self.dtype),
+            shifts=pad(S, e_pad, 0, self.dtype),
+            species_index=pad(index, n_pad, 0, np.int32),
+            src=pad(j, e_pad, n_pad, np.int32),  # sender j
+            dst=pad(i, e_pad, n_pad, np.int32),  # receiver i
+            edge_mask=pad(np.ones(e, bool), e_pad, False, bool),
+            atom_mask=pad(np.ones(n, bool), n_pad, False, bool),
+        )
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        """Compute every implemented property in one jitted call (see class docstring)."""
+        super().calculate(atoms, properties, system_changes)
+        atoms, n = self.atoms, len(self.atoms)
+        volume = abs(float(np.linalg.det(atoms.cell[:]))) if atoms.cell.rank == 3 else 0.0
+        if "stress" in properties and volume == 0.0:
+            raise PropertyNotImplementedError("stress needs a cell spanning three dimensions")
+        energy, e_i, forces, dE_deps = self._evaluate(self.params, **self._graph(atoms))
+        out = {
+            "energy": float(energy),
+            "energies": np.asarray(e_i, np.float64)[:n],
+            "forces": np.asarray(forces, np.float64)[:n],
+        }
+        if volume > 0.0:
+            out["stress"] = full_3x3_to_voigt_6_stress(np.asarray(dE_deps, np.float64) / volume)
+        for ase_key, key, factor in UNIT_TABLE:
+            if key in out:
+                self.results[ase_key] = out[key] * factor
