@@ -35,8 +35,13 @@ from e3md.nn.radial import (
     reciprocal_bernstein,
     reciprocal_mapping,
 )
+from e3md.nn.tensor import FusedTensor, Tensor, fused_tensor_apply, tensor_apply
 
 __all__ = [
+    "FusedTensor",
+    "Tensor",
+    "fused_tensor_apply",
+    "tensor_apply",
     "Dense",
     "Embed",
     "basis",
