@@ -27,6 +27,7 @@ from e3md.nn.activations import (
 from e3md.nn.basis import basis
 from e3md.nn.cutoff import cosine_cutoff, polynomial_cutoff, smooth_cutoff
 from e3md.nn.dense import Dense, Embed
+from e3md.nn.message_pass import MessagePass
 from e3md.nn.ops import gather_src, indexed_sum, normalize_and_norm, safe_norm
 from e3md.nn.radial import (
     bernstein,
@@ -44,6 +45,7 @@ __all__ = [
     "tensor_apply",
     "Dense",
     "Embed",
+    "MessagePass",
     "basis",
     "bent_identity",
     "bernstein",

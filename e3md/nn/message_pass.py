@@ -1,0 +1,186 @@
+r"""Equivariant message passing, e3x-compatible (``e3x.nn.MessagePass``), FusedTensor by default.
+
+Parameter tree (identical to e3x's, so e3x parameters apply unchanged)::
+
+    {'filter': <Dense tree: '0+', '1-', ...>,          # basis -> filters, F = input features
+     'fused_tensor': <FusedTensor tree>}              # or 'tensor' with use_fused_tensor=False
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Integer
+
+from e3md.nn.dense import Dense
+from e3md.nn.ops import gather_src, indexed_sum
+
+__all__ = ["MessagePass"]
+
+Dtype = Any
+Initializer = Any
+
+
+def _broadcastable(target: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    try:
+        return np.broadcast_shapes(target, shape) == tuple(target)
+    except ValueError:
+        return False
+
+
+class MessagePass(nn.Module):
+    r"""One equivariant message-passing step.
+
+    .. math::
+        \mathbf f_{ij} = \mathrm{Dense}(\mathbf b_{ij}),\qquad
+        \mathbf m_i = \sum_{j\in\mathcal N(i)} w_{ij}\;
+          \mathrm{tensor}\bigl(\mathbf f_{ij},\ \mathbf x_j\bigr),
+
+    where :math:`\mathbf b_{ij}` is the edge basis (:func:`e3md.nn.basis`), ``tensor`` is
+    :class:`e3md.nn.FusedTensor` (default here; e3x defaults to ``Tensor``) or
+    :class:`e3md.nn.Tensor`, and :math:`w_{ij}` are optional edge weights (1 if absent).
+
+    Neighbourhoods come as either
+
+    * a **dense** list ``adj_idx[..., N, M]`` (+ optional ``where[..., N, M]``; by default
+      entries ``>= N`` are padding) with ``basis[..., N, M, 1, LM, K]``, or
+    * a **sparse** list ``dst_idx[..., E]`` (receiver :math:`i`), ``src_idx[..., E]`` (sender
+      :math:`j`) with ``basis[..., E, 1, LM, K]``; padded edges hold ``dst_idx == N`` (jax-md
+      convention) and are dropped from the sum.
+
+    Padded or masked edges contribute exactly nothing to values or gradients.
+
+    Attributes:
+      max_degree: output degree (default: max of the input and basis degrees).
+      use_basis_bias: add a bias to the filter Dense (scalar channel).
+      include_pseudotensors: if False, paths producing pseudotensors are omitted.
+      cartesian_order: e3x's Cartesian order of the irreps.
+      use_fused_tensor: FusedTensor (True, default) or the full Clebsch–Gordan Tensor.
+      dtype: computation dtype.
+      param_dtype: parameter dtype.
+      precision: ``jax.lax.Precision`` of the contractions.
+      dense_kernel_init: filter Dense weight initialiser (LeCun normal).
+      dense_bias_init: filter Dense bias initialiser (zeros).
+      tensor_kernel_init: tensor-product initialiser (``None``: the tensor's default).
+    """
+
+    max_degree: int | None = None
+    use_basis_bias: bool = False
+    include_pseudotensors: bool = True
+    cartesian_order: bool = True
+    use_fused_tensor: bool = True
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    precision: Any = None
+    dense_kernel_init: Initializer = nn.initializers.lecun_normal()
+    dense_bias_init: Initializer = nn.initializers.zeros
+    tensor_kernel_init: Initializer | None = None
+
+    @nn.nowrap
+    def _tensor(self) -> nn.Module:
+        from e3md.nn import tensor  # imported late: tensor.py imports nothing from here
+
+        if self.use_fused_tensor:
+            cls, name = tensor.FusedTensor, "fused_tensor"
+        else:
+            cls, name = tensor.Tensor, "tensor"
+        kwargs = dict(
+            max_degree=self.max_degree,
+            include_pseudotensors=self.include_pseudotensors,
+            cartesian_order=self.cartesian_order,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            precision=self.precision,
+            name=name,
+        )
+        if self.tensor_kernel_init is not None:
+            kwargs["kernel_init"] = self.tensor_kernel_init
+        return cls(**kwargs)
+
+    @nn.compact
+    def __call__(
+        self,
+        inputs: Float[Array, "... N P LM F"],
+        basis: Float[Array, "... 1 LMb K"],
+        weights: Float[Array, "..."] | None = None,
+        *,
+        adj_idx: Integer[Array, "... N M"] | None = None,
+        where: Bool[Array, "... N M"] | None = None,
+        dst_idx: Integer[Array, "... E"] | None = None,
+        src_idx: Integer[Array, "... E"] | None = None,
+        num_segments: int | None = None,
+        indices_are_sorted: bool = False,
+    ) -> Float[Array, "... N P3 LM3 F"]:
+        """Computes the messages ``m[..., N, P3, (L3+1)**2, F]``.
+
+        Args:
+          inputs: node features ``x[..., N, P, (L+1)**2, F]``.
+          basis: edge basis, ``[..., N, M, 1, LMb, K]`` (dense) or ``[..., E, 1, LMb, K]``
+            (sparse).
+          weights: optional edge weights, broadcastable to the gathered inputs
+            (``[..., N, M, P, LM, F]`` or ``[..., E, P, LM, F]``), e.g. ``w[E, 1, 1, 1]``.
+          adj_idx: dense neighbour list.
+          where: dense mask (default ``adj_idx < N``).
+          dst_idx: sparse receivers (padding: ``N``).
+          src_idx: sparse senders.
+          num_segments: number of receivers (default ``N``, the node axis of ``inputs``).
+          indices_are_sorted: promise that ``dst_idx`` is sorted (faster segment sum).
+
+        Returns:
+          Messages per node.
+
+        Raises:
+          ValueError: for a missing, ambiguous or incomplete index list, incompatible
+            shapes of ``inputs``/``basis``/``weights``, or malformed features.
+        """
+        if inputs.ndim < 4:
+            raise ValueError(
+                f"inputs need shape (..., N, P, (L+1)**2, F), received shape {inputs.shape}"
+            )
+        if adj_idx is None and (dst_idx is None or src_idx is None):
+            raise ValueError(
+                "give adj_idx (dense) or both dst_idx and src_idx (sparse), received "
+                f"adj_idx={adj_idx is not None}, dst_idx={dst_idx is not None}, "
+                f"src_idx={src_idx is not None}"
+            )
+        if adj_idx is not None and (dst_idx is not None or src_idx is not None):
+            raise ValueError("give either adj_idx or dst_idx/src_idx, not both")
+        num_nodes = inputs.shape[-4]
+        gathered = gather_src(inputs, adj_idx=adj_idx, src_idx=src_idx)
+        if weights is not None:
+            if not _broadcastable(gathered.shape, jnp.shape(weights)):
+                raise ValueError(
+                    f"weights with shape {jnp.shape(weights)} do not broadcast to the gathered "
+                    f"inputs of shape {gathered.shape}"
+                )
+            gathered = gathered * weights
+        if basis.shape[:-3] != gathered.shape[:-3]:
+            raise ValueError(
+                f"basis of shape {basis.shape} does not match the edges of the index list "
+                f"(expected leading shape {gathered.shape[:-3]})"
+            )
+        if num_segments is None:
+            num_segments = num_nodes
+        if adj_idx is not None and where is None:
+            where = adj_idx < num_nodes
+
+        filters = Dense(
+            features=inputs.shape[-1],
+            use_bias=self.use_basis_bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            precision=self.precision,
+            kernel_init=self.dense_kernel_init,
+            bias_init=self.dense_bias_init,
+            name="filter",
+        )(basis)
+        products = self._tensor()(filters, gathered)
+        return indexed_sum(
+            products,
+            adj_idx=adj_idx,
+            where=where,
+            dst_idx=dst_idx,
+            num_segments=num_segments,
+            indices_are_sorted=indices_are_sorted,
+        )

@@ -1,0 +1,253 @@
+"""MessagePass (e3md.nn.message_pass) against e3x.nn.MessagePass; padding, grads, O(3).
+
+Every layer call goes through one of the jitted helpers below (modules are hashable, hence
+static), so tests sharing a configuration share one compilation.
+"""
+
+import functools
+
+import e3x
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from e3md import nn
+from e3md.nn.message_pass import MessagePass
+from e3md.so3 import random_rotation, wigner_d
+
+CUTOFF = 3.0  # Å
+N, F, K = 6, 4, 5
+RADIAL = functools.partial(nn.bessel, limit=CUTOFF)
+CUT = functools.partial(nn.smooth_cutoff, cutoff=CUTOFF)
+PAD = 3
+
+
+def _system(key, dtype=jnp.float64, parity=2, in_degree=2):
+    """Random atoms, a sparse edge list ending in PAD padded edges (index N), features."""
+    k1, k2 = jax.random.split(key)
+    pos = jax.random.uniform(k1, (N, 3), dtype, maxval=2.5)
+    i, j = np.nonzero(~np.eye(N, dtype=bool))
+    keep = np.random.default_rng(0).random(i.size) < 0.6
+    dst = np.concatenate([i[keep], np.full(PAD, N)])
+    src = np.concatenate([j[keep], np.full(PAD, N)])
+    x = jax.random.normal(k2, (N, parity, (in_degree + 1) ** 2, F), dtype)
+    return pos, x, jnp.asarray(dst), jnp.asarray(src)
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _edge_basis(pos, dst, src, basis_degree):
+    padded = jnp.concatenate([pos, jnp.zeros((1, 3), pos.dtype)])  # padded edges: r = 0
+    r = padded[src] - padded[dst]
+    return nn.basis(r, basis_degree, K, RADIAL, CUT)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _sparse(layer, params, x, b, w, dst, src):
+    return layer.apply(params, x, b, w, dst_idx=dst, src_idx=src)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _dense(layer, params, x, b, adj, where):
+    return layer.apply(params, x, b, adj_idx=adj, where=where)
+
+
+def _random_params(module, key, *args, **kwargs):
+    """Random parameters with the tree of ``module.init`` (shapes only: no eager init)."""
+    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), *args, **kwargs)
+    leaves, tree = jax.tree_util.tree_flatten(shapes)
+    ks = jax.random.split(key, len(leaves))
+    return jax.tree_util.tree_unflatten(
+        tree,
+        [0.5 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, ks, strict=True)],
+    )
+
+
+def _shapes(module, *args, **kwargs):
+    tree = jax.eval_shape(module.init, jax.random.PRNGKey(0), *args, **kwargs)
+    return jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), tree)
+
+
+@pytest.mark.parametrize(
+    "dtype, parity, in_degree, basis_degree, max_degree, bias, pseudo",
+    [
+        (jnp.float32, 2, 2, 2, None, True, True),
+        (jnp.float64, 1, 1, 3, 2, False, True),
+        pytest.param(jnp.float64, 2, 2, 2, None, True, True, marks=pytest.mark.slow),
+        pytest.param(jnp.float64, 2, 1, 2, 3, False, False, marks=pytest.mark.slow),
+    ],
+)
+def test_sparse_matches_e3x(dtype, parity, in_degree, basis_degree, max_degree, bias, pseudo, keys):
+    pos, x, dst, src = _system(next(keys), dtype, parity, in_degree)
+    b = _edge_basis(pos, dst, src, basis_degree)
+    kw = dict(max_degree=max_degree, use_basis_bias=bias, include_pseudotensors=pseudo)
+    ref = e3x.nn.MessagePass(use_fused_tensor=True, param_dtype=dtype, **kw)
+    ours = MessagePass(param_dtype=dtype, **kw)  # FusedTensor is our default
+    idx = dict(dst_idx=dst, src_idx=src)
+    assert _shapes(ours, x, b, **idx) == _shapes(ref, x, b, **idx)  # same parameter tree
+    params = _random_params(ref, next(keys), x, b, **idx)
+    expected = _sparse(ref, params, x, b, None, dst, src)
+    got = _sparse(ours, params, x, b, None, dst, src)
+    assert got.shape == expected.shape and got.dtype == dtype
+    tol = 1e-5 if dtype == jnp.float32 else 1e-10
+    scale = float(jnp.max(jnp.abs(expected)))
+    np.testing.assert_allclose(got / scale, expected / scale, rtol=tol, atol=tol)
+
+
+def test_dense_matches_sparse_and_e3x(keys):
+    pos, x, dst, src = _system(next(keys))
+    dst_np, src_np = np.asarray(dst), np.asarray(src)
+    real = dst_np < N
+    m = np.bincount(dst_np[real], minlength=N).max() + 1  # one extra padding column
+    adj = np.full((N, m), N)
+    for i in range(N):
+        js = src_np[real][dst_np[real] == i]
+        adj[i, : js.size] = js
+    adj = jnp.asarray(adj)
+    rows = jnp.repeat(jnp.arange(N)[:, None], m, axis=1)
+    b_dense = _edge_basis(pos, rows.ravel(), adj.ravel(), 2).reshape(N, m, 1, 9, K)
+    b_sparse = _edge_basis(pos, dst, src, 2)
+    layer = MessagePass()
+    params = _random_params(layer, next(keys), x, b_sparse, dst_idx=dst, src_idx=src)
+    sparse = _sparse(layer, params, x, b_sparse, None, dst, src)
+    where = adj < N
+    dense = _dense(layer, params, x, b_dense, adj, where)
+    np.testing.assert_allclose(dense, sparse, rtol=1e-10, atol=1e-12)
+    ref = e3x.nn.MessagePass(use_fused_tensor=True)
+    np.testing.assert_allclose(
+        dense, _dense(ref, params, x, b_dense, adj, where), rtol=1e-10, atol=1e-12
+    )
+    # where=None defaults to adj < N.
+    np.testing.assert_allclose(
+        jax.jit(lambda p, x, b: layer.apply(p, x, b, adj_idx=adj))(params, x, b_dense), dense
+    )
+    # A mask hiding one real neighbour equals turning that sparse edge into padding.
+    masked = _dense(layer, params, x, b_dense, adj, where.at[0, 0].set(False))
+    drop = (dst == 0) & (src == adj[0, 0])
+    sub = _sparse(layer, params, x, b_sparse, None, jnp.where(drop, N, dst), src)
+    np.testing.assert_allclose(masked, sub, rtol=1e-10, atol=1e-12)
+    assert not np.allclose(masked, dense)
+
+
+def test_padding_and_zero_weights_change_nothing(keys):
+    pos, x, dst, src = _system(next(keys))
+    b = _edge_basis(pos, dst, src, 2)
+    layer = MessagePass()
+    params = _random_params(layer, next(keys), x, b, dst_idx=dst, src_idx=src)
+    base = _sparse(layer, params, x, b, None, dst, src)
+    # Padded edges with arbitrary (large, nonzero) basis values and sender indices.
+    garbage = 1e3 * jax.random.normal(next(keys), (PAD,) + b.shape[1:])
+    b2 = b.at[-PAD:].set(garbage)
+    src2 = src.at[-PAD:].set(jnp.asarray([0, 1, N]))
+    np.testing.assert_allclose(
+        _sparse(layer, params, x, b2, None, dst, src2), base, rtol=1e-12, atol=1e-12
+    )
+    # Zero weights on real edges equal turning them into padding.
+    w = jnp.ones((dst.shape[0], 1, 1, 1)).at[:3].set(0.0)
+    weighted = _sparse(layer, params, x, b, w, dst, src)
+    removed = _sparse(layer, params, x, b, None, dst.at[:3].set(N), src)
+    np.testing.assert_allclose(weighted, removed, rtol=1e-12, atol=1e-12)
+    assert not np.allclose(weighted, base)
+
+
+def test_weights_match_e3x(keys):
+    pos, x, dst, src = _system(next(keys))
+    b = _edge_basis(pos, dst, src, 2)
+    w = jax.random.uniform(next(keys), (dst.shape[0], 1, 1, 1))
+    layer = MessagePass()
+    params = _random_params(layer, next(keys), x, b, dst_idx=dst, src_idx=src)
+    ref = e3x.nn.MessagePass(use_fused_tensor=True)
+    np.testing.assert_allclose(
+        _sparse(layer, params, x, b, w, dst, src),
+        _sparse(ref, params, x, b, w, dst, src),
+        rtol=1e-10,
+        atol=1e-12,
+    )
+
+
+def test_gradient_finite_with_zero_and_cutoff_edges(keys):
+    pos, x, dst, src = _system(next(keys))
+    # Atom 1 exactly at the cutoff distance from atom 0 (edges 0->1 and 1->0 exist or not:
+    # force them in by overwriting the first two edges).
+    pos = pos.at[1].set(pos[0] + jnp.asarray([0.0, CUTOFF, 0.0]))
+    dst = dst.at[:2].set(jnp.asarray([0, 1]))
+    src = src.at[:2].set(jnp.asarray([1, 0]))
+    layer = MessagePass()
+    b = _edge_basis(pos, dst, src, 2)
+    params = _random_params(layer, next(keys), x, b, dst_idx=dst, src_idx=src)
+
+    @jax.jit
+    def energy(pos, params):
+        y = layer.apply(params, x, _edge_basis(pos, dst, src, 2), dst_idx=dst, src_idx=src)
+        return jnp.sum(jnp.tanh(y[:, 0, 0, :]))  # invariant readout
+
+    g_pos, g_params = jax.jit(jax.grad(energy, argnums=(0, 1)))(pos, params)
+    assert np.all(np.isfinite(g_pos))
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(g_params))
+    # Central finite differences (float64) for two coordinates.
+    h = 1e-5
+    for atom, axis in [(3, 1), (1, 1)]:
+        e = jnp.zeros_like(pos).at[atom, axis].set(h)
+        fd = (energy(pos + e, params) - energy(pos - e, params)) / (2 * h)
+        np.testing.assert_allclose(g_pos[atom, axis], fd, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("parity", [1, 2])
+def test_o3_equivariance(parity, keys):
+    pos, x, dst, src = _system(next(keys), parity=parity)
+    layer = MessagePass(max_degree=3)
+    b = _edge_basis(pos, dst, src, 2)
+    params = _random_params(layer, next(keys), x, b, dst_idx=dst, src_idx=src)
+    run = jax.jit(lambda x, pos: layer.apply(params, x, _edge_basis(pos, dst, src, 2), None,
+                                             dst_idx=dst, src_idx=src))  # fmt: skip
+    rot = random_rotation(next(keys))
+
+    def act(y, inversion):
+        """Rotation (Wigner-D), then optionally the inversion (parity signs)."""
+        max_degree = int(np.sqrt(y.shape[-2])) - 1
+        y = jnp.einsum("...af,ab->...bf", y, wigner_d(rot, max_degree))
+        if inversion:
+            degree = np.repeat(np.arange(max_degree + 1), 2 * np.arange(max_degree + 1) + 1)
+            p = np.arange(2)[:, None] if y.shape[-3] == 2 else degree[None, :]
+            y = y * ((-1.0) ** p)[..., None]
+        return y
+
+    y = run(x, pos)
+    assert float(jnp.max(jnp.abs(y[..., 1:, :]))) > 1e-3  # nontrivial l > 0 output
+    for inversion in (False, True):
+        new_pos = (pos @ rot) * (-1.0 if inversion else 1.0)
+        np.testing.assert_allclose(
+            run(act(x, inversion), new_pos), act(y, inversion), rtol=1e-9, atol=1e-10
+        )
+
+
+def test_tensor_variant_matches_e3x(keys):
+    from e3md.nn import tensor
+
+    if not hasattr(tensor, "Tensor"):
+        pytest.skip("e3md.nn.tensor.Tensor not available yet")
+    pos, x, dst, src = _system(next(keys), in_degree=1)
+    b = _edge_basis(pos, dst, src, 1)
+    ref = e3x.nn.MessagePass(use_fused_tensor=False)
+    ours = MessagePass(use_fused_tensor=False)
+    params = _random_params(ref, next(keys), x, b, dst_idx=dst, src_idx=src)
+    np.testing.assert_allclose(
+        _sparse(ours, params, x, b, None, dst, src),
+        _sparse(ref, params, x, b, None, dst, src),
+        rtol=1e-10,
+        atol=1e-12,
+    )
+
+
+def test_bad_arguments_raise(keys):
+    pos, x, dst, src = _system(next(keys))
+    b = _edge_basis(pos, dst, src, 2)
+    init = functools.partial(_shapes, MessagePass())
+    with pytest.raises(ValueError, match="dst_idx and src_idx"):
+        init(x, b, dst_idx=dst)
+    with pytest.raises(ValueError, match="not both"):
+        init(x, b, adj_idx=dst.reshape(1, -1), dst_idx=dst, src_idx=src)
+    with pytest.raises(ValueError, match="weights"):
+        init(x, b, jnp.ones((3, 2)), dst_idx=dst, src_idx=src)
+    with pytest.raises(ValueError, match="basis"):
+        init(x, b[1:], dst_idx=dst, src_idx=src)
