@@ -23,15 +23,17 @@ CUT = functools.partial(nn.smooth_cutoff, cutoff=CUTOFF)
 PAD = 3
 
 
-def _system(key, dtype=jnp.float64, parity=2, in_degree=2):
+# Random numbers come from NumPy: eager jax.random calls would compile one kernel per shape.
+
+
+def _system(rng, dtype=jnp.float64, parity=2, in_degree=2):
     """Random atoms, a sparse edge list ending in PAD padded edges (index N), features."""
-    k1, k2 = jax.random.split(key)
-    pos = jax.random.uniform(k1, (N, 3), dtype, maxval=2.5)
+    pos = jnp.asarray(rng.uniform(0, 2.5, (N, 3)), dtype)
     i, j = np.nonzero(~np.eye(N, dtype=bool))
-    keep = np.random.default_rng(0).random(i.size) < 0.6
+    keep = np.random.default_rng(0).random(i.size) < 0.6  # same edge count in every test
     dst = np.concatenate([i[keep], np.full(PAD, N)])
     src = np.concatenate([j[keep], np.full(PAD, N)])
-    x = jax.random.normal(k2, (N, parity, (in_degree + 1) ** 2, F), dtype)
+    x = jnp.asarray(rng.normal(size=(N, parity, (in_degree + 1) ** 2, F)), dtype)
     return pos, x, jnp.asarray(dst), jnp.asarray(src)
 
 
@@ -52,14 +54,11 @@ def _dense(layer, params, x, b, adj, where):
     return layer.apply(params, x, b, adj_idx=adj, where=where)
 
 
-def _random_params(module, key, *args, **kwargs):
+def _random_params(module, rng, *args, **kwargs):
     """Random parameters with the tree of ``module.init`` (shapes only: no eager init)."""
     shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), *args, **kwargs)
-    leaves, tree = jax.tree_util.tree_flatten(shapes)
-    ks = jax.random.split(key, len(leaves))
-    return jax.tree_util.tree_unflatten(
-        tree,
-        [0.5 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, ks, strict=True)],
+    return jax.tree_util.tree_map(
+        lambda a: jnp.asarray(0.5 * rng.normal(size=a.shape), a.dtype), shapes
     )
 
 
@@ -77,15 +76,15 @@ def _shapes(module, *args, **kwargs):
         pytest.param(jnp.float64, 2, 1, 2, 3, False, False, marks=pytest.mark.slow),
     ],
 )
-def test_sparse_matches_e3x(dtype, parity, in_degree, basis_degree, max_degree, bias, pseudo, keys):
-    pos, x, dst, src = _system(next(keys), dtype, parity, in_degree)
+def test_sparse_matches_e3x(dtype, parity, in_degree, basis_degree, max_degree, bias, pseudo, rng):
+    pos, x, dst, src = _system(rng, dtype, parity, in_degree)
     b = _edge_basis(pos, dst, src, basis_degree)
     kw = dict(max_degree=max_degree, use_basis_bias=bias, include_pseudotensors=pseudo)
     ref = e3x.nn.MessagePass(use_fused_tensor=True, param_dtype=dtype, **kw)
     ours = MessagePass(param_dtype=dtype, **kw)  # FusedTensor is our default
     idx = dict(dst_idx=dst, src_idx=src)
     assert _shapes(ours, x, b, **idx) == _shapes(ref, x, b, **idx)  # same parameter tree
-    params = _random_params(ref, next(keys), x, b, **idx)
+    params = _random_params(ref, rng, x, b, **idx)
     expected = _sparse(ref, params, x, b, None, dst, src)
     got = _sparse(ours, params, x, b, None, dst, src)
     assert got.shape == expected.shape and got.dtype == dtype
@@ -94,8 +93,8 @@ def test_sparse_matches_e3x(dtype, parity, in_degree, basis_degree, max_degree, 
     np.testing.assert_allclose(got / scale, expected / scale, rtol=tol, atol=tol)
 
 
-def test_dense_matches_sparse_and_e3x(keys):
-    pos, x, dst, src = _system(next(keys))
+def test_dense_matches_sparse_and_e3x(rng):
+    pos, x, dst, src = _system(rng)
     dst_np, src_np = np.asarray(dst), np.asarray(src)
     real = dst_np < N
     m = np.bincount(dst_np[real], minlength=N).max() + 1  # one extra padding column
@@ -108,7 +107,7 @@ def test_dense_matches_sparse_and_e3x(keys):
     b_dense = _edge_basis(pos, rows.ravel(), adj.ravel(), 2).reshape(N, m, 1, 9, K)
     b_sparse = _edge_basis(pos, dst, src, 2)
     layer = MessagePass()
-    params = _random_params(layer, next(keys), x, b_sparse, dst_idx=dst, src_idx=src)
+    params = _random_params(layer, rng, x, b_sparse, dst_idx=dst, src_idx=src)
     sparse = _sparse(layer, params, x, b_sparse, None, dst, src)
     where = adj < N
     dense = _dense(layer, params, x, b_dense, adj, where)
@@ -129,14 +128,14 @@ def test_dense_matches_sparse_and_e3x(keys):
     assert not np.allclose(masked, dense)
 
 
-def test_padding_and_zero_weights_change_nothing(keys):
-    pos, x, dst, src = _system(next(keys))
+def test_padding_and_zero_weights_change_nothing(rng):
+    pos, x, dst, src = _system(rng)
     b = _edge_basis(pos, dst, src, 2)
     layer = MessagePass()
-    params = _random_params(layer, next(keys), x, b, dst_idx=dst, src_idx=src)
+    params = _random_params(layer, rng, x, b, dst_idx=dst, src_idx=src)
     base = _sparse(layer, params, x, b, None, dst, src)
     # Padded edges with arbitrary (large, nonzero) basis values and sender indices.
-    garbage = 1e3 * jax.random.normal(next(keys), (PAD,) + b.shape[1:])
+    garbage = jnp.asarray(1e3 * rng.normal(size=(PAD,) + b.shape[1:]))
     b2 = b.at[-PAD:].set(garbage)
     src2 = src.at[-PAD:].set(jnp.asarray([0, 1, N]))
     np.testing.assert_allclose(
@@ -150,12 +149,12 @@ def test_padding_and_zero_weights_change_nothing(keys):
     assert not np.allclose(weighted, base)
 
 
-def test_weights_match_e3x(keys):
-    pos, x, dst, src = _system(next(keys))
+def test_weights_match_e3x(rng):
+    pos, x, dst, src = _system(rng)
     b = _edge_basis(pos, dst, src, 2)
-    w = jax.random.uniform(next(keys), (dst.shape[0], 1, 1, 1))
+    w = jnp.asarray(rng.uniform(size=(dst.shape[0], 1, 1, 1)))
     layer = MessagePass()
-    params = _random_params(layer, next(keys), x, b, dst_idx=dst, src_idx=src)
+    params = _random_params(layer, rng, x, b, dst_idx=dst, src_idx=src)
     ref = e3x.nn.MessagePass(use_fused_tensor=True)
     np.testing.assert_allclose(
         _sparse(layer, params, x, b, w, dst, src),
@@ -165,8 +164,8 @@ def test_weights_match_e3x(keys):
     )
 
 
-def test_gradient_finite_with_zero_and_cutoff_edges(keys):
-    pos, x, dst, src = _system(next(keys))
+def test_gradient_finite_with_zero_and_cutoff_edges(rng):
+    pos, x, dst, src = _system(rng)
     # Atom 1 exactly at the cutoff distance from atom 0 (edges 0->1 and 1->0 exist or not:
     # force them in by overwriting the first two edges).
     pos = pos.at[1].set(pos[0] + jnp.asarray([0.0, CUTOFF, 0.0]))
@@ -174,7 +173,7 @@ def test_gradient_finite_with_zero_and_cutoff_edges(keys):
     src = src.at[:2].set(jnp.asarray([1, 0]))
     layer = MessagePass()
     b = _edge_basis(pos, dst, src, 2)
-    params = _random_params(layer, next(keys), x, b, dst_idx=dst, src_idx=src)
+    params = _random_params(layer, rng, x, b, dst_idx=dst, src_idx=src)
 
     @jax.jit
     def energy(pos, params):
@@ -193,14 +192,14 @@ def test_gradient_finite_with_zero_and_cutoff_edges(keys):
 
 
 @pytest.mark.parametrize("parity", [1, 2])
-def test_o3_equivariance(parity, keys):
-    pos, x, dst, src = _system(next(keys), parity=parity)
+def test_o3_equivariance(parity, rng):
+    pos, x, dst, src = _system(rng, parity=parity)
     layer = MessagePass(max_degree=3)
     b = _edge_basis(pos, dst, src, 2)
-    params = _random_params(layer, next(keys), x, b, dst_idx=dst, src_idx=src)
+    params = _random_params(layer, rng, x, b, dst_idx=dst, src_idx=src)
     run = jax.jit(lambda x, pos: layer.apply(params, x, _edge_basis(pos, dst, src, 2), None,
                                              dst_idx=dst, src_idx=src))  # fmt: skip
-    rot = random_rotation(next(keys))
+    rot = random_rotation(jax.random.PRNGKey(int(rng.integers(2**31))))
 
     def act(y, inversion):
         """Rotation (Wigner-D), then optionally the inversion (parity signs)."""
@@ -221,16 +220,12 @@ def test_o3_equivariance(parity, keys):
         )
 
 
-def test_tensor_variant_matches_e3x(keys):
-    from e3md.nn import tensor
-
-    if not hasattr(tensor, "Tensor"):
-        pytest.skip("e3md.nn.tensor.Tensor not available yet")
-    pos, x, dst, src = _system(next(keys), in_degree=1)
+def test_tensor_variant_matches_e3x(rng):
+    pos, x, dst, src = _system(rng, in_degree=1)
     b = _edge_basis(pos, dst, src, 1)
     ref = e3x.nn.MessagePass(use_fused_tensor=False)
     ours = MessagePass(use_fused_tensor=False)
-    params = _random_params(ref, next(keys), x, b, dst_idx=dst, src_idx=src)
+    params = _random_params(ref, rng, x, b, dst_idx=dst, src_idx=src)
     np.testing.assert_allclose(
         _sparse(ours, params, x, b, None, dst, src),
         _sparse(ref, params, x, b, None, dst, src),
@@ -239,8 +234,8 @@ def test_tensor_variant_matches_e3x(keys):
     )
 
 
-def test_bad_arguments_raise(keys):
-    pos, x, dst, src = _system(next(keys))
+def test_bad_arguments_raise(rng):
+    pos, x, dst, src = _system(rng)
     b = _edge_basis(pos, dst, src, 2)
     init = functools.partial(_shapes, MessagePass())
     with pytest.raises(ValueError, match="dst_idx and src_idx"):

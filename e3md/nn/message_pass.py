@@ -15,6 +15,7 @@ from jaxtyping import Array, Bool, Float, Integer
 
 from e3md.nn.dense import Dense
 from e3md.nn.ops import gather_src, indexed_sum
+from e3md.nn.tensor import FusedTensor, Tensor
 
 __all__ = ["MessagePass"]
 
@@ -79,12 +80,10 @@ class MessagePass(nn.Module):
 
     @nn.nowrap
     def _tensor(self) -> nn.Module:
-        from e3md.nn import tensor  # imported late: tensor.py imports nothing from here
-
         if self.use_fused_tensor:
-            cls, name = tensor.FusedTensor, "fused_tensor"
+            cls, name = FusedTensor, "fused_tensor"
         else:
-            cls, name = tensor.Tensor, "tensor"
+            cls, name = Tensor, "tensor"
         kwargs = dict(
             max_degree=self.max_degree,
             include_pseudotensors=self.include_pseudotensors,
