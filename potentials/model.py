@@ -118,7 +118,9 @@ def _radial_fn(config: ModelConfig):
     }[config.radial_basis]
     if fn is None:
         raise RuntimeError(f"e3md.nn does not provide the radial basis {config.radial_basis!r}")
-    return functools.partial(fn, limit=config.cutoff) if config.radial_basis == "bessel" else fn
+    if config.radial_basis in ("bessel", "gaussian"):
+        return functools.partial(fn, limit=config.cutoff)
+    return fn  # reciprocal_bernstein: no limit, its range is set by the reciprocal mapping
 
 
 def _cutoff_fn(config: ModelConfig):
@@ -225,7 +227,13 @@ def init_params(config: ModelConfig, key: jax.Array) -> dict:
     src = jnp.asarray([1, 0], jnp.int32)
     dst = jnp.asarray([0, 1], jnp.int32)
     ones = jnp.ones(2, bool)
-    return EnergyModel(config).init(key, r, z, src, dst, ones, ones)
+    return _jitted_init(config)(key, r, z, src, dst, ones, ones)
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_init(config: ModelConfig):
+    # eager flax init dispatches hundreds of tiny ops; one compiled call is much faster
+    return jax.jit(EnergyModel(config).init)
 
 
 def atomic_energies(
