@@ -1,0 +1,175 @@
+"""e3md.nn Tensor / FusedTensor against e3x (oracle, identical parameters) and O(3) equivariance."""
+
+import e3x
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from e3md import so3
+from e3md.nn import FusedTensor, Tensor
+
+
+def _features(rng, p, lmax, f=3, batch=2, dtype=np.float64):
+    return jnp.asarray(rng.normal(size=(batch, p, (lmax + 1) ** 2, f)).astype(dtype))
+
+
+def _randomised(params, rng):
+    """Every parameter (masked ones too) random, so no path can hide behind a zero weight."""
+    return jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape), a.dtype), params)
+
+
+def _o3_transform(x, q):
+    """Features under the orthogonal matrix q (rows convention of so3.wigner_d): degree blocks
+    by D(det(q) q), times det(q) for the odd-parity channel (P=2) or det(q)**l (P=1)."""
+    s = float(np.linalg.det(np.asarray(q)))
+    lmax = round(np.sqrt(x.shape[-2])) - 1
+    d = so3.wigner_d(q * s, lmax)
+    y = jnp.einsum("...pnf,nm->...pmf", x, d)
+    if x.shape[-3] == 2:
+        return y * jnp.asarray([1.0, s])[:, None, None]
+    ls = np.repeat(np.arange(lmax + 1), 2 * np.arange(lmax + 1) + 1)
+    return y * jnp.asarray(s**ls)[:, None]
+
+
+FUSED_CASES = [  # (P1, P2, include_pseudotensors, (L1, L2, L3))
+    (1, 1, True, (2, 2, 2)),
+    (1, 1, False, (1, 2, 3)),
+    (2, 2, True, (3, 2, 4)),
+    (2, 1, False, (4, 4, 4)),
+    (1, 2, True, (0, 2, 2)),
+    (2, 2, False, (1, 1, 0)),
+]
+
+
+@pytest.mark.parametrize("p1,p2,pseudo,degrees", FUSED_CASES)
+def test_fused_tensor_matches_e3x(rng, p1, p2, pseudo, degrees):
+    l1, l2, l3 = degrees
+    x, y = _features(rng, p1, l1), _features(rng, p2, l2)
+    ref = e3x.nn.FusedTensor(max_degree=l3, include_pseudotensors=pseudo)
+    ours = FusedTensor(max_degree=l3, include_pseudotensors=pseudo)
+    key = jax.random.PRNGKey(7)
+    p_ref, p_ours = ref.init(key, x, y), ours.init(key, x, y)
+    # Identical parameter trees, and identical initial values for the same key.
+    assert jax.tree.structure(p_ref) == jax.tree.structure(p_ours)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=0), p_ref, p_ours)
+    params = _randomised(p_ref, rng)
+    out = ours.apply(params, x, y)
+    expected = ref.apply(params, x, y)
+    assert out.shape == expected.shape
+    np.testing.assert_allclose(out, expected, atol=1e-10, rtol=0)
+
+
+def test_fused_tensor_matches_e3x_float32(rng):
+    x = _features(rng, 2, 2, f=8, dtype=np.float32)
+    y = _features(rng, 1, 3, f=8, dtype=np.float32)
+    ref, ours = e3x.nn.FusedTensor(max_degree=3), FusedTensor(max_degree=3)
+    params = ref.init(jax.random.PRNGKey(0), x, y)
+    out = jax.jit(ours.apply)(params, x, y)
+    assert out.dtype == jnp.float32
+    np.testing.assert_allclose(out, ref.apply(params, x, y), atol=1e-5, rtol=0)
+
+
+TENSOR_CASES = [
+    (1, 1, True, (1, 1, 2)),
+    (1, 2, False, (2, 1, 3)),
+    (2, 2, True, (2, 2, 2)),
+    (2, 1, True, (0, 2, 2)),
+]
+
+
+@pytest.mark.parametrize("p1,p2,pseudo,degrees", TENSOR_CASES)
+def test_tensor_matches_e3x(rng, p1, p2, pseudo, degrees):
+    l1, l2, l3 = degrees
+    x, y = _features(rng, p1, l1), _features(rng, p2, l2)
+    ref = e3x.nn.Tensor(max_degree=l3, include_pseudotensors=pseudo)
+    ours = Tensor(max_degree=l3, include_pseudotensors=pseudo)
+    key = jax.random.PRNGKey(3)
+    p_ref, p_ours = ref.init(key, x, y), ours.init(key, x, y)
+    assert jax.tree.structure(p_ref) == jax.tree.structure(p_ours)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=0), p_ref, p_ours)
+    params = _randomised(p_ref, rng)
+    np.testing.assert_allclose(ours.apply(params, x, y), ref.apply(params, x, y), atol=1e-10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module", ["fused", "tensor"])
+@pytest.mark.parametrize("p1,p2", [(1, 1), (1, 2), (2, 2)])
+@pytest.mark.parametrize("pseudo", [True, False])
+@pytest.mark.parametrize("degrees", [(4, 4, 4), (3, 4, 2), (4, 2, 6)])
+def test_matches_e3x_sweep(rng, module, p1, p2, pseudo, degrees):
+    l1, l2, l3 = degrees
+    x, y = _features(rng, p1, l1), _features(rng, p2, l2)
+    ref_cls, our_cls = (
+        (e3x.nn.FusedTensor, FusedTensor) if module == "fused" else (e3x.nn.Tensor, Tensor)
+    )
+    ref = ref_cls(max_degree=l3, include_pseudotensors=pseudo)
+    params = _randomised(ref.init(jax.random.PRNGKey(0), x, y), rng)
+    out = our_cls(max_degree=l3, include_pseudotensors=pseudo).apply(params, x, y)
+    np.testing.assert_allclose(out, ref.apply(params, x, y), atol=1e-10)
+
+
+@pytest.mark.parametrize("improper", [False, True])
+@pytest.mark.parametrize(
+    "module,p1,p2,pseudo,degrees",
+    [
+        ("fused", 2, 2, True, (3, 3, 6)),
+        ("fused", 1, 1, False, (3, 2, 5)),
+        ("tensor", 2, 1, True, (2, 2, 4)),
+    ],
+)
+def test_equivariance_rotation_and_reflection(keys, rng, improper, module, p1, p2, pseudo, degrees):
+    l1, l2, l3 = degrees
+    cls = FusedTensor if module == "fused" else Tensor
+    m = cls(max_degree=l3, include_pseudotensors=pseudo)
+    x, y = _features(rng, p1, l1), _features(rng, p2, l2)
+    params = _randomised(m.init(next(keys), x, y), rng)
+    q = so3.random_rotation(next(keys))
+    q = -q if improper else q
+    lhs = m.apply(params, _o3_transform(x, q), _o3_transform(y, q))
+    rhs = _o3_transform(m.apply(params, x, y), q)
+    assert float(jnp.abs(rhs).max()) > 1e-3  # a vanishing output would pass trivially
+    np.testing.assert_allclose(lhs, rhs, atol=1e-10)
+
+
+def test_fused_tensor_grad_finite_through_harmonics_at_origin(keys):
+    m = FusedTensor(max_degree=2, include_pseudotensors=False)
+    r = jnp.zeros((3, 3)).at[1].set(jnp.asarray([0.3, -0.2, 1.0]))
+
+    def energy(params, r):
+        y = so3.spherical_harmonics(r, 2)[:, None, :, None] * jnp.ones(4)
+        return jnp.sum(m.apply(params, y, y) ** 2)
+
+    y0 = jnp.ones((3, 1, 9, 4))
+    params = m.init(next(keys), y0, y0)
+    g = jax.grad(energy, argnums=(0, 1))(params, r)
+    assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(g))
+
+
+def test_fused_tensor_traces_tables_as_constants(rng):
+    x = _features(rng, 2, 2)
+    m = FusedTensor()
+    params = m.init(jax.random.PRNGKey(0), x, x)
+    traces = []
+
+    @jax.jit
+    def f(params, x):
+        traces.append(1)
+        return m.apply(params, x, x)
+
+    f(params, x)
+    f(params, x + 1.0)
+    assert len(traces) == 1
+
+
+@pytest.mark.parametrize("cls", [FusedTensor, Tensor])
+def test_bad_inputs_raise(cls):
+    m = cls()
+    with pytest.raises(ValueError, match="axis -2"):
+        m.init(jax.random.PRNGKey(0), jnp.ones((1, 5, 2)), jnp.ones((1, 4, 2)))
+    with pytest.raises(ValueError, match="parity"):
+        m.init(jax.random.PRNGKey(0), jnp.ones((3, 4, 2)), jnp.ones((1, 4, 2)))
+    with pytest.raises(ValueError, match="features"):
+        m.init(jax.random.PRNGKey(0), jnp.ones((1, 4, 2)), jnp.ones((1, 4, 3)))
+    with pytest.raises(ValueError, match="at most 2"):
+        cls(max_degree=3).init(jax.random.PRNGKey(0), jnp.ones((1, 4, 2)), jnp.ones((1, 4, 2)))
