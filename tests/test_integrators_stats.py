@@ -10,9 +10,8 @@ import jax
 import numpy as np
 import pytest
 from ase.build import bulk
-from jax_md import energy, partition
-
 from e3md.integrators import make_space, run_md
+from jax_md import energy, partition
 
 SIGMA, EPSILON, R_CUT = 3.4, 0.0104, 1.5
 
