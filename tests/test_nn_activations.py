@@ -15,16 +15,16 @@ NAMES = [
 ]  # fmt: skip
 
 
-def _features(key, dtype, parity=2):
-    x = jax.random.normal(key, (5, parity, 9, 7), dtype) * 3
+def _features(rng, dtype, parity=2):
+    x = jnp.asarray(rng.normal(size=(5, parity, 9, 7)) * 3, dtype)
     # Exact zeros and tiny values in the scalar channel exercise the Taylor branches.
     return x.at[0, 0, 0, :3].set(jnp.asarray([0.0, 1e-9, -1e-9], dtype))
 
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
-def test_matches_e3x(name, dtype, keys):
-    x = _features(next(keys), dtype)
+def test_matches_e3x(name, dtype, rng):
+    x = _features(rng, dtype)
     ours = getattr(nn, name)(x)
     ref = getattr(e3x.nn, name)(x)
     assert ours.shape == x.shape and ours.dtype == dtype
@@ -33,13 +33,13 @@ def test_matches_e3x(name, dtype, keys):
 
 
 @pytest.mark.parametrize("kwargs", [dict(approximate=False)])
-def test_gelu_exact_matches_e3x(kwargs, keys):
-    x = _features(next(keys), jnp.float64, parity=1)
+def test_gelu_exact_matches_e3x(kwargs, rng):
+    x = _features(rng, jnp.float64, parity=1)
     np.testing.assert_allclose(nn.gelu(x, **kwargs), e3x.nn.gelu(x, **kwargs), rtol=1e-10)
 
 
-def test_scalar_inputs_equal_plain_activations(keys):
-    s = jax.random.normal(next(keys), (11,)) * 4
+def test_scalar_inputs_equal_plain_activations(rng):
+    s = jnp.asarray(rng.normal(size=11) * 4)
     x = s.reshape(1, 1, -1)
     np.testing.assert_allclose(nn.silu(x).ravel(), jax.nn.silu(s), rtol=1e-12)
     np.testing.assert_allclose(
@@ -55,9 +55,9 @@ def test_gradients_finite_at_zero(name):
     assert np.all(np.isfinite(g))
 
 
-def test_gates_commute_with_rotation(keys):
+def test_gates_commute_with_rotation(rng):
     """Gating by the invariant channel commutes with any O(3) action on the l > 0 irreps."""
-    x = _features(next(keys), jnp.float64, parity=1)[:, :, :4]  # L = 1
+    x = _features(rng, jnp.float64, parity=1)[:, :, :4]  # L = 1
     q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))
     d = np.eye(4)
     d[1:, 1:] = q  # any orthogonal map of the l = 1 block (Cartesian order)

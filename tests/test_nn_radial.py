@@ -25,6 +25,13 @@ def _tol(dtype):
 
 
 DTYPES = [jnp.float32, jnp.float64]
+
+
+def _run(fn, x, *args, **kwargs):
+    """Evaluates ``fn(x, *args, **kwargs)`` under jit (eager dispatch is slow here)."""
+    return jax.jit(lambda v: fn(v, *args, **kwargs))(x)
+
+
 # e3x builds Bernstein binomials from lgamma (betaln): its float64 values are only good to
 # ~3e-7, so float64 agreement with e3x is checked at 2e-6 and exactness against math.comb.
 _BERNSTEIN_TOL = {
@@ -37,8 +44,8 @@ _BERNSTEIN_TOL = {
 @pytest.mark.parametrize("name", ["smooth_cutoff", "cosine_cutoff"])
 def test_cutoffs_match_e3x(name, dtype):
     r = _grid(dtype)
-    ours = getattr(nn, name)(r, CUTOFF)
-    ref = getattr(e3x.nn, name)(r, cutoff=CUTOFF)
+    ours = _run(getattr(nn, name), r, CUTOFF)
+    ref = _run(getattr(e3x.nn, name), r, cutoff=CUTOFF)
     assert ours.dtype == dtype
     np.testing.assert_allclose(ours, ref, **_tol(dtype))
 
@@ -47,17 +54,17 @@ def test_cutoffs_match_e3x(name, dtype):
 @pytest.mark.parametrize("p", [3, 6])
 def test_polynomial_cutoff_matches_e3nn_envelope(p, dtype):
     r = _grid(dtype)
-    ours = nn.polynomial_cutoff(r, CUTOFF, p=p)
+    ours = _run(nn.polynomial_cutoff, r, CUTOFF, p=p)
     # e3nn's poly_envelope(p-1, 2) is the DimeNet u_p; it is 0 beyond x_max as well.
-    ref = e3nn_jax.poly_envelope(p - 1, 2, x_max=CUTOFF)(np.asarray(r, np.float64))
+    ref = jax.jit(e3nn_jax.poly_envelope(p - 1, 2, x_max=CUTOFF))(np.asarray(r, np.float64))
     np.testing.assert_allclose(ours, ref, **_tol(dtype))
 
 
 @pytest.mark.parametrize("name", ["smooth_cutoff", "cosine_cutoff", "polynomial_cutoff"])
 def test_cutoff_value_and_gradient_vanish_at_cutoff(name):
     fn = getattr(nn, name)
-    f = lambda r: fn(r, CUTOFF)
-    df = jax.vmap(jax.grad(f))
+    f = jax.jit(lambda r: fn(r, CUTOFF))
+    df = jax.jit(jax.vmap(jax.grad(f)))
     r = jnp.asarray([0.0, CUTOFF * (1 - 1e-7), CUTOFF, CUTOFF * 1.2])
     values, grads = f(r), df(r)
     assert np.all(np.isfinite(grads))
@@ -82,8 +89,8 @@ def test_cutoff_rejects_bad_cutoff():
 @pytest.mark.parametrize("num", [2, 8])
 def test_gaussian_matches_e3x(num, dtype):
     r = _grid(dtype)
-    ours = nn.gaussian(r, num, CUTOFF)
-    ref = e3x.nn.basic_gaussian(r, num=num, limit=CUTOFF)
+    ours = _run(nn.gaussian, r, num, CUTOFF)
+    ref = _run(e3x.nn.basic_gaussian, r, num=num, limit=CUTOFF)
     assert ours.shape == r.shape + (num,) and ours.dtype == dtype
     np.testing.assert_allclose(ours, ref, **_tol(dtype))
 
@@ -94,13 +101,12 @@ def test_gaussian_single_function_is_flat():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("num", [1, 2, 9])
+@pytest.mark.parametrize("num", [1, 9])
 def test_bernstein_matches_e3x_and_exact_formula(num, dtype):
     r = _grid(dtype)
-    ours = nn.bernstein(r, num, CUTOFF)
-    np.testing.assert_allclose(
-        ours, e3x.nn.basic_bernstein(r, num=num, limit=CUTOFF), **_BERNSTEIN_TOL[dtype]
-    )
+    ours = _run(nn.bernstein, r, num, CUTOFF)
+    ref = _run(e3x.nn.basic_bernstein, r, num=num, limit=CUTOFF)
+    np.testing.assert_allclose(ours, ref, **_BERNSTEIN_TOL[dtype])
     t = np.clip(np.asarray(r, np.float64) / CUTOFF, 0, 1)
     n = num - 1
     exact = np.stack([math.comb(n, k) * t**k * (1 - t) ** (n - k) for k in range(num)], -1)
@@ -108,12 +114,14 @@ def test_bernstein_matches_e3x_and_exact_formula(num, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kind", ["shifted", "damped", "cuspless"])
-@pytest.mark.parametrize("weighting", [False, True])
+@pytest.mark.parametrize(
+    "kind, weighting", [("shifted", False), ("damped", True), ("cuspless", False)]
+)
 def test_reciprocal_bernstein_matches_e3x(kind, weighting, dtype):
     r = _grid(dtype)
-    ours = nn.reciprocal_bernstein(r, 8, kind=kind, use_reciprocal_weighting=weighting)
-    ref = e3x.nn.reciprocal_bernstein(r, num=8, kind=kind, use_reciprocal_weighting=weighting)
+    kw = dict(kind=kind, use_reciprocal_weighting=weighting)
+    ours = _run(nn.reciprocal_bernstein, r, 8, **kw)
+    ref = _run(e3x.nn.reciprocal_bernstein, r, num=8, **kw)
     assert ours.dtype == dtype
     np.testing.assert_allclose(ours, ref, **_BERNSTEIN_TOL[dtype])
 
@@ -126,10 +134,10 @@ def test_reciprocal_mapping_rejects_unknown_kind():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_bessel_matches_e3nn_and_limit_at_zero(dtype):
     r = _grid(dtype)
-    ours = nn.bessel(r, 7, CUTOFF)
+    ours = _run(nn.bessel, r, 7, CUTOFF)
     assert ours.shape == (r.shape[0], 7) and ours.dtype == dtype
     inside = np.asarray(r) <= CUTOFF
-    ref = e3nn_jax.bessel(np.asarray(r, np.float64), 7, x_max=CUTOFF)
+    ref = _run(e3nn_jax.bessel, np.asarray(r, np.float64), 7, x_max=CUTOFF)
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == jnp.float32 else dict(rtol=1e-9, atol=1e-10)
     np.testing.assert_allclose(np.asarray(ours)[inside], ref[inside], **tol)
     np.testing.assert_allclose(np.asarray(ours)[~inside], 0.0)
@@ -158,14 +166,14 @@ def test_bessel_orthonormal_with_r2_weight():
 )
 def test_radial_gradients_finite_at_zero_and_cutoff(fn):
     r = jnp.asarray([0.0, 1e-12, 1.0, CUTOFF, 2 * CUTOFF])
-    jac = jax.vmap(jax.jacfwd(fn))(r)
+    jac = jax.jit(jax.vmap(jax.jacfwd(fn)))(r)
     assert np.all(np.isfinite(jac))
-    grads = jax.vmap(jax.grad(lambda x: jnp.sum(fn(x) ** 2)))(r)
+    grads = jax.jit(jax.vmap(jax.grad(lambda x: jnp.sum(fn(x) ** 2))))(r)
     assert np.all(np.isfinite(grads))
 
 
 def test_bessel_gradient_at_zero_matches_finite_difference():
-    f = lambda r: jnp.sum(nn.bessel(r, 4, CUTOFF) * jnp.arange(1.0, 5.0))
+    f = jax.jit(lambda r: jnp.sum(nn.bessel(r, 4, CUTOFF) * jnp.arange(1.0, 5.0)))
     h = 1e-5
     fd = (f(jnp.asarray(2 * h)) - f(jnp.asarray(0.0))) / (2 * h)  # slope ~ linear near 0
     g0 = jax.grad(f)(jnp.asarray(0.0))
