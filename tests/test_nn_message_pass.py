@@ -241,7 +241,7 @@ def test_bad_arguments_raise(rng):
     with pytest.raises(ValueError, match="dst_idx and src_idx"):
         init(x, b, dst_idx=dst)
     with pytest.raises(ValueError, match="not both"):
-        init(x, b, adj_idx=dst.reshape(1, -1), dst_idx=dst, src_idx=src)
+        init(x, b, adj_idx=jnp.zeros((N, 2), int), dst_idx=dst, src_idx=src)
     with pytest.raises(ValueError, match="weights"):
         init(x, b, jnp.ones((3, 2)), dst_idx=dst, src_idx=src)
     with pytest.raises(ValueError, match="basis"):

@@ -127,7 +127,8 @@ def test_reciprocal_bernstein_matches_e3x(kind, weighting, dtype):
 
 
 def test_reciprocal_mapping_rejects_unknown_kind():
-    with pytest.raises(ValueError, match="kind"):
+    # ValueError; TypeError (jaxtyping.TypeCheckError) under runtime type checking.
+    with pytest.raises((ValueError, TypeError), match="kind"):
         nn.reciprocal_mapping(jnp.ones(2), kind="nope")
 
 
