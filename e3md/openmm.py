@@ -24,9 +24,12 @@ so the jitted energy-and-force function recompiles rarely. The search is
 
 ``openmm`` / ``openmmml`` are imported lazily inside functions: importing this module needs
 neither, and the e3md core never imports this module. openmm-ml imports it through the entry
-point whenever ``openmmml`` is imported, so it must stay cheap (no jax at import time either).
+point whenever ``openmmml`` is imported, so it must stay cheap: no jax at import time either
+(``e3md.validate`` and ``e3md.potentials`` import jax, so they are imported inside functions).
 """
 
+import collections
+import hashlib
 import logging
 import os
 import tempfile
@@ -34,7 +37,7 @@ import tempfile
 import numpy as np
 from jaxtyping import Float, Int
 
-from e3md import units, validate
+from e3md import units
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,13 @@ __all__ = [
     "neighbor_pairs",
     "species_indices",
 ]
+
+# Jitted energy-and-force functions keyed by (sha256 of the model file, precision). Each
+# PythonForce owns its own callable, and openmm-ml deep-copies forces, XmlSerializer round trips
+# unpickle new ones: without this memo every copy would recompile the same pure function
+# (tens of seconds for a real model). Bounded, holds no mutable state beyond compiled code.
+_COMPILED: "collections.OrderedDict[tuple[str, str], object]" = collections.OrderedDict()
+_COMPILED_MAX = 8
 
 # Lattice translations n in {-1, 0, 1}^3, the zero translation first.
 _SHIFTS = np.array(
@@ -135,6 +145,8 @@ def neighbor_pairs(
     Raises:
       ValueError: a periodic cell thinner than twice the cutoff, or non-finite positions.
     """
+    from e3md import validate  # imports jax (through jaxtyping.ArrayLike): keep it lazy
+
     R = validate.check_positions(positions).astype(np.float64)
     n = R.shape[0]
     cut2 = float(cutoff) ** 2
@@ -203,6 +215,7 @@ class E3mdCompute:
       precision: ``"double"`` (float64, default) or ``"single"`` (float32): the model's
         ``config.dtype`` and parameters are cast to it for evaluation inside OpenMM, whatever
         dtype the file was trained in (double keeps NVE energy drift low).
+      atom_labels: optional per-atom descriptions used only in error messages (not stored).
     Raises:
       ValueError: unknown precision, or an atomic number the potential does not know.
     """
@@ -213,6 +226,7 @@ class E3mdCompute:
         atomic_numbers,
         periodic: bool = False,
         precision: str = "double",
+        atom_labels=None,
     ):
         if precision not in ("single", "double"):
             raise ValueError(f"precision must be 'single' or 'double', got {precision!r}")
@@ -220,7 +234,7 @@ class E3mdCompute:
         self.atomic_numbers = tuple(int(z) for z in atomic_numbers)
         self.periodic = bool(periodic)
         self.precision = precision
-        self._build()
+        self._build(atom_labels)
 
     # -- pickling: plain data only ------------------------------------------------------------
     def __getstate__(self):
@@ -239,7 +253,7 @@ class E3mdCompute:
         self._build()
 
     # -- set-up -------------------------------------------------------------------------------
-    def _build(self) -> None:
+    def _build(self, atom_labels=None) -> None:
         import jax
 
         # load with x64 on so a float64 model file restores as stored, whatever the caller's
@@ -247,9 +261,24 @@ class E3mdCompute:
         with jax.enable_x64(True):
             self._potential = _potential_from_bytes(self.model_bytes)
         self.cutoff = float(self._potential.cutoff)
-        self.species_index = species_indices(self.atomic_numbers, self._potential.species)
+        self.species_index = species_indices(
+            self.atomic_numbers, self._potential.species, atom_labels
+        )
         self._capacity = 0
-        self._fn = None  # jitted lazily on the first call
+        self._last_overlap = None  # message of the last evaluation refused for an overlap
+        self._fn = None  # jitted lazily on the first call (shared, see ``_COMPILED``)
+
+    def _shared_energy_forces_fn(self):
+        key = (hashlib.sha256(self.model_bytes).hexdigest(), self.precision)
+        fn = _COMPILED.get(key)
+        if fn is None:
+            fn = self._energy_forces_fn()
+            _COMPILED[key] = fn
+            while len(_COMPILED) > _COMPILED_MAX:
+                _COMPILED.popitem(last=False)
+        else:
+            _COMPILED.move_to_end(key)
+        return fn
 
     def _energy_forces_fn(self):
         import jax
@@ -291,19 +320,28 @@ class E3mdCompute:
         self,
         positions: Float[np.ndarray, "N 3"],
         cell: Float[np.ndarray, "3 3"] | None = None,
+        *,
+        on_overlap: str = "raise",
     ) -> tuple[float, Float[np.ndarray, "N 3"]]:
         """Energy and forces of the e3md potential, in e3md units.
 
         Args:
           positions: ``[N, 3]`` Å.
           cell: ``[3, 3]`` lattice vectors as rows, Å (required for a periodic force).
+          on_overlap: what to do when two atoms are closer than
+            :data:`e3md.validate.MIN_DISTANCE`, where an ML potential returns garbage:
+            ``"raise"`` (``ValueError``) or ``"inf"`` (return ``E = +inf`` and NaN forces; see
+            :meth:`__call__`).
         Returns:
           ``(E, F)``: energy in eV, forces ``-dE/dR`` of shape ``[N, 3]`` in eV/Å.
         Raises:
           ValueError: wrong shape, NaN/inf, atoms closer than
-            :data:`e3md.validate.MIN_DISTANCE`, or a cell thinner than 2 x cutoff.
+            :data:`e3md.validate.MIN_DISTANCE` (with ``on_overlap="raise"``), or a cell thinner
+            than 2 x cutoff.
         """
         import jax
+
+        from e3md import validate
 
         if self.periodic and cell is None:
             raise ValueError("this e3md force is periodic but no cell was given")
@@ -315,7 +353,15 @@ class E3mdCompute:
         num_edges = recv.shape[0]
         cell_arr = np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64)
         distances = np.linalg.norm(R[send] - R[recv] + shift @ cell_arr, axis=1)
-        validate.check_min_distance(distances, np.stack([recv, send]))
+        try:
+            validate.check_min_distance(distances, np.stack([recv, send]))
+        except ValueError as err:
+            if on_overlap != "inf":
+                raise
+            self._last_overlap = str(err)
+            log.warning("e3md OpenMM force: %s; returning E = +inf", err)
+            return np.inf, np.full((n, 3), np.nan)
+        self._last_overlap = None
         capacity = _capacity(num_edges, self._capacity)
         if capacity != self._capacity:
             log.debug("e3md OpenMM force: edge capacity %d -> %d", self._capacity, capacity)
@@ -329,7 +375,7 @@ class E3mdCompute:
         dtype = np.float64 if self.precision == "double" else np.float32
         with jax.enable_x64(self.precision == "double"):
             if self._fn is None:
-                self._fn = self._energy_forces_fn()
+                self._fn = self._shared_energy_forces_fn()
             e, f = self._fn(
                 R.astype(dtype),
                 cell_arr.astype(dtype),
@@ -345,21 +391,41 @@ class E3mdCompute:
         return e, f
 
     def __call__(self, state):
-        """OpenMM ``State`` -> (energy in kJ/mol, forces ``[N, 3]`` in kJ/mol/nm)."""
+        """OpenMM ``State`` -> (energy in kJ/mol, forces ``[N, 3]`` in kJ/mol/nm).
+
+        Atoms closer than :data:`e3md.validate.MIN_DISTANCE` give ``E = +inf`` and NaN forces
+        instead of an exception, with a logged warning. That is what OpenMM's
+        ``LocalEnergyMinimizer`` needs: its L-BFGS line search tries long steps (the first one
+        moves all coordinates by 1 nm in total), sees the infinite energy and backtracks, as it
+        would on a steep force-field wall. An integrator instead gets NaN positions, and the
+        next evaluation raises a ``ValueError`` that names the overlap.
+        """
         from openmm import unit
 
         R = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer) * units.NM
+        R = np.asarray(R, dtype=np.float64)
+        if self._last_overlap is not None and not np.all(np.isfinite(R)):
+            raise ValueError(
+                f"positions became NaN/inf after an evaluation with {self._last_overlap}"
+            )
         cell = None
         if self.periodic:
             box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)
             cell = np.asarray(box, dtype=np.float64) * units.NM  # rows = a, b, c
-        e, f = self.energy_forces(np.asarray(R, dtype=np.float64), cell)
+        e, f = self.energy_forces(R, cell, on_overlap="inf")
         return e * units.EV_TO_KJ_PER_MOL, f * units.EV_PER_A_TO_KJ_PER_MOL_PER_NM
 
 
-def species_indices(atomic_numbers, species) -> np.ndarray:
+def species_indices(atomic_numbers, species, atom_labels=None) -> Int[np.ndarray, " N"]:
     """Map atomic numbers to indices into the potential's sorted ``species`` tuple.
 
+    Args:
+      atomic_numbers: ``[N]`` atomic numbers.
+      species: the potential's atomic numbers (``Potential.species``).
+      atom_labels: optional ``[N]`` descriptions of the atoms for the error message
+        (default ``"atom <k>"``).
+    Returns:
+      ``[N]`` int32 indices into ``species``.
     Raises:
       ValueError: an atomic number the potential does not know, naming the atoms.
     """
@@ -368,14 +434,17 @@ def species_indices(atomic_numbers, species) -> np.ndarray:
     if unknown:
         from ase.data import chemical_symbols
 
-        shown = ", ".join(
-            f"atom {a} ({chemical_symbols[z] if 0 < z < len(chemical_symbols) else z})"
-            for a, z in unknown[:10]
-        )
+        def label(a):
+            return f"atom {a}" if atom_labels is None else atom_labels[a]
+
+        def symbol(z):
+            return chemical_symbols[z] if 0 < z < len(chemical_symbols) else str(z)
+
+        shown = ", ".join(f"{symbol(z)} at {label(a)}" for a, z in unknown[:10])
         more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
         known = ", ".join(chemical_symbols[int(z)] for z in species)
         raise ValueError(
-            f"the e3md potential does not know the element of {shown}{more}; it was trained "
+            f"the e3md potential does not know these elements: {shown}{more}; it was trained "
             f"for {known} only"
         )
     return np.array([lookup[int(z)] for z in atomic_numbers], dtype=np.int32)
@@ -386,10 +455,11 @@ def species_indices(atomic_numbers, species) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def _topology_atomic_numbers(topology, atoms) -> list[int]:
+def _topology_atoms(topology, atoms) -> tuple[list[int], list[str]]:
+    """Atomic numbers and error-message labels of the chosen topology atoms."""
     all_atoms = list(topology.atoms())
     chosen = all_atoms if atoms is None else [all_atoms[i] for i in atoms]
-    numbers = []
+    numbers, labels = [], []
     for atom in chosen:
         if atom.element is None:
             raise ValueError(
@@ -398,7 +468,10 @@ def _topology_atomic_numbers(topology, atoms) -> list[int]:
                 "potential: leave it out of the ML atoms"
             )
         numbers.append(int(atom.element.atomic_number))
-    return numbers
+        labels.append(
+            f"atom {atom.index} {atom.name} (residue {atom.residue.name} {atom.residue.id})"
+        )
+    return numbers, labels
 
 
 def create_force(
@@ -432,11 +505,15 @@ def create_force(
     """
     import openmm
 
+    from e3md import validate
+
     atoms = None if atoms is None else [int(a) for a in atoms]
-    numbers = _topology_atomic_numbers(topology, atoms)
+    numbers, labels = _topology_atoms(topology, atoms)
     if periodic is None:
         periodic = topology.getPeriodicBoxVectors() is not None
-    compute = E3mdCompute(_model_bytes(model), numbers, periodic=periodic, precision=precision)
+    compute = E3mdCompute(
+        _model_bytes(model), numbers, periodic=periodic, precision=precision, atom_labels=labels
+    )
     if box_vectors is None:
         box_vectors = topology.getPeriodicBoxVectors()
     if periodic and box_vectors is not None:
