@@ -65,20 +65,25 @@ def bucket_size(n: int, minimum: int) -> int:
     raise AssertionError("unreachable")
 
 
-def _bind_potential(potential, dtype: str):
-    """``(atomic_energies(params, r_ij, species_index, src, dst, edge_mask, atom_mask), params,
-    config)`` of a shipped name, a model file or a ``Potential``, computing in ``dtype``."""
+def _resolve(potential):
+    """A ``Potential`` from a shipped name, a model file or a ``Potential``."""
     from e3md import potentials
 
     if isinstance(potential, str | os.PathLike):
-        potential = potentials.load(potential)
-    config = potential.config.replace(dtype=dtype)
-    return functools.partial(potentials.atomic_energies, config), potential.params, config
+        return potentials.load(potential)
+    return potential
 
 
-def _make_evaluate(atomic_energies, far: float, trace_log: list):
+@functools.lru_cache(maxsize=16)
+def _make_evaluate(config):
     """The jitted ``(params, R, cell, shifts, species_index, src, dst, edge_mask, atom_mask) ->
-    (E, e_i, F, dE/dε)``; every trace appends the atom and edge bucket to ``trace_log``."""
+    (E, e_i, F, dE/dε)`` for a (hashable) model config, and its trace log: every trace appends
+    the atom and edge bucket. Cached, so calculators of one config share compiled code."""
+    from e3md import potentials
+
+    atomic_energies = functools.partial(potentials.atomic_energies, config)
+    far = 2.0 * float(config.cutoff) + 1.0
+    trace_log = []
 
     def total_energy(
         R, strain, params, cell, shifts, species_index, src, dst, edge_mask, atom_mask
@@ -103,7 +108,7 @@ def _make_evaluate(atomic_energies, far: float, trace_log: list):
         )
         return energy, e_i, -dE_dR, dE_deps
 
-    return evaluate
+    return evaluate, trace_log
 
 
 class E3MDCalculator(Calculator):
@@ -120,6 +125,8 @@ class E3MDCalculator(Calculator):
 
     Attributes:
       traces: one ``(atom bucket, edge bucket)`` entry per compilation of the energy function.
+        Compiled code (and this list) is shared by all calculators of the same model config and
+        dtype, so e.g. NEB images or a new calculator per structure do not recompile.
 
     Results: ``energy`` and ``free_energy`` (eV), ``energies`` (eV per atom), ``forces`` (eV/Å),
     ``stress`` (Voigt xx yy zz yz xz xy, eV/Å³, :math:`\sigma = V^{-1}\partial E/\partial
@@ -148,18 +155,18 @@ class E3MDCalculator(Calculator):
         if dtype == "float64" and jnp.zeros((), jnp.float64).dtype != jnp.float64:
             raise ValueError("dtype='float64' needs jax.config.update('jax_enable_x64', True)")
         self.dtype = np.dtype(dtype)
-        atomic_energies, params, self.config = _bind_potential(potential, dtype)
+        potential = _resolve(potential)
+        self.config = potential.config.replace(dtype=dtype)
         self.cutoff, species = float(self.config.cutoff), self.config.species
         self.params = jax.tree.map(
             lambda p: jnp.asarray(p, self.dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p,
-            params,
+            potential.params,
         )
         self.species = tuple(int(z) for z in species)
         self._index_of = np.full(119, -1, np.int32)
         self._index_of[list(self.species)] = np.arange(len(self.species), dtype=np.int32)
         self.min_atoms, self.min_edges = int(min_atoms), int(min_edges)
-        self.traces: list[tuple[int, int]] = []
-        self._evaluate = _make_evaluate(atomic_energies, 2.0 * self.cutoff + 1.0, self.traces)
+        self._evaluate, self.traces = _make_evaluate(self.config)
         self._neighbors = vesin.NeighborList(cutoff=self.cutoff, full_list=True)
 
     def _graph(self, atoms):
