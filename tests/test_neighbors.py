@@ -1,0 +1,85 @@
+"""Neighbour-list helpers and host-side validation: cell checks, overflow, bad input."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax_md import space
+
+from e3md import neighbors, validate
+
+
+def test_cell_widths_known_values():
+    np.testing.assert_allclose(validate.cell_widths(5.0), [5.0, 5.0, 5.0])
+    np.testing.assert_allclose(validate.cell_widths([4.0, 5.0, 6.0]), [4.0, 5.0, 6.0])
+    # sheared cell a = (6,0,0), b = (3,5,0), c = (0,0,7) (columns): w_k = V / |other two|
+    # w_a = 210 / |b x c| = 30 / hypot(3, 5), w_b = 210 / |c x a| = 5, w_c = 7
+    box = np.array([[6.0, 3.0, 0.0], [0.0, 5.0, 0.0], [0.0, 0.0, 7.0]])
+    np.testing.assert_allclose(validate.cell_widths(box), [30 / np.hypot(3, 5), 5.0, 7.0])
+
+
+def test_check_box_refuses_thin_cells_with_numbers():
+    box = np.array([[6.0, 3.0, 0.0], [0.0, 5.0, 0.0], [0.0, 0.0, 7.0]])
+    with pytest.raises(ValueError, match=r"cutoff 2.6 Å.*5\.145, 5\.0, 7\.0.*5\.2 Å.*2x2x1"):
+        validate.check_box(box, 2.6)
+    validate.check_box(box, 2.4)  # fine
+    with pytest.raises(ValueError, match="singular"):
+        validate.check_box(np.zeros((3, 3)), 1.0)
+    with pytest.raises(ValueError, match="NaN"):
+        validate.check_box([5.0, np.nan, 5.0], 1.0)
+
+
+def test_check_positions_and_min_distance():
+    with pytest.raises(ValueError, match=r"\[N, 3\]"):
+        validate.check_positions(np.zeros((4, 2)))
+    R = np.zeros((5, 3))
+    R[3, 2] = np.inf
+    with pytest.raises(ValueError, match=r"first indices \[3\]"):
+        validate.check_positions(R)
+    with pytest.raises(ValueError, match=r"atoms 2 and 7: distance 0.3 Å"):
+        validate.check_min_distance([1.0, 0.3, 2.0], np.array([[0, 2, 1], [1, 7, 3]]))
+    validate.check_min_distance([1.0, 0.6])
+
+
+def _brute_pairs(R, cutoff):
+    d = np.linalg.norm(R[:, None] - R[None], axis=-1)
+    i, j = np.nonzero((d < cutoff) & ~np.eye(len(R), dtype=bool))
+    return set(zip(i.tolist(), j.tolist(), strict=True))
+
+
+def _pairs(nbrs, N):
+    idx = np.asarray(nbrs.idx)
+    keep = idx[0] < N
+    return set(zip(idx[0][keep].tolist(), idx[1][keep].tolist(), strict=True))
+
+
+def test_overflow_is_detected_and_reallocated(rng):
+    """Compressing a gas overflows the list: update() reallocates; no edge is ever lost."""
+    N, cutoff = 24, 2.0
+    R0 = rng.uniform(0, 12.0, size=(N, 3))
+    while np.min(np.linalg.norm(R0[:, None] - R0[None], axis=-1) + 9 * np.eye(N)) < 1.2:
+        R0 = rng.uniform(0, 12.0, size=(N, 3))
+    disp, _ = space.free()
+    nf = neighbors.neighbor_list(disp, None, cutoff, dr_threshold=0.2, capacity_multiplier=1.0)
+    nbrs = nf.allocate(jnp.asarray(R0))
+    assert _pairs(nbrs, N) >= _brute_pairs(R0, cutoff)
+    R1 = 0.5 * R0  # much denser: more pairs than the capacity
+    raw = nf.update(jnp.asarray(R1), nbrs)
+    assert bool(raw.did_buffer_overflow)
+    with pytest.raises(RuntimeError, match="overflowed"):
+        neighbors.check_overflow(raw)
+    fixed = neighbors.update(nf, jnp.asarray(R1), nbrs)
+    assert not bool(fixed.did_buffer_overflow)
+    assert fixed.idx.shape[1] > nbrs.idx.shape[1]
+    assert _pairs(fixed, N) >= _brute_pairs(R1, cutoff)
+
+
+def test_periodic_builder_checks_box_at_build_and_allocate():
+    box = np.diag([7.0, 7.0, 7.0])
+    disp, _ = space.periodic_general(box, fractional_coordinates=False)
+    with pytest.raises(ValueError, match="too small"):
+        neighbors.neighbor_list(disp, box, 3.6, fractional_coordinates=False)
+    nf = neighbors.neighbor_list(disp, box, 3.0, fractional_coordinates=False)
+    R = jnp.asarray([[1.0, 1.0, 1.0], [2.5, 1.0, 1.0]])
+    nf.allocate(R)
+    with pytest.raises(ValueError, match="too small"):
+        nf.allocate(R, box=jnp.asarray(np.diag([7.0, 5.0, 7.0])))
