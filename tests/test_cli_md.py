@@ -1,0 +1,127 @@
+"""``e3md md``: runs with a (randomly initialised) model file, restarts, and fails cleanly."""
+
+import csv
+from pathlib import Path
+
+import ase.io
+import jax
+import numpy as np
+import pytest
+from ase import Atoms
+from e3md.potentials import ModelConfig, Potential, available
+
+import e3md
+from e3md.cli import main
+
+ETHANOL = Path(e3md.__file__).parent / "data" / "ethanol.xyz"
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    config = ModelConfig(
+        species=(1, 6, 8), cutoff=4.0, max_degree=1, num_features=8, readout_features=8,
+        dtype="float64",
+    )  # fmt: skip
+    path = tmp_path_factory.mktemp("model") / "random.e3md"
+    Potential.init(config, jax.random.PRNGKey(0)).save(path)
+    return path
+
+
+def md(tmp_path, *extra):
+    args = [
+        "md", "--out", str(tmp_path / "traj.extxyz"), "--log", str(tmp_path / "thermo.csv"),
+        "--checkpoint", str(tmp_path / "ckpt.npz"), "--no-progress", *map(str, extra),
+    ]  # fmt: skip
+    return main(args)
+
+
+def test_md_runs_and_restarts(tmp_path, model_file, capsys):
+    common = ("--potential", model_file, "--structure", ETHANOL, "--ensemble", "nvt")
+    common += ("--dt", 0.5, "--temperature", 300, "--chunk", 10, "--log-every", 10)
+    assert md(tmp_path, *common, "--steps", 20, "--out-every", 10) == 0
+    assert "20 steps" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(tmp_path / "thermo.csv")))
+    assert [int(r["step"]) for r in rows] == [0, 10, 20]
+    frames = ase.io.read(tmp_path / "traj.extxyz", ":")
+    assert len(frames) == 3 and frames[0].get_chemical_formula() == "C2H6O"
+    ckpt = tmp_path / "ckpt.npz"
+    assert ckpt.is_file()
+    # continue to step 40 from the checkpoint, into new files
+    out2 = tmp_path / "more"
+    out2.mkdir()
+    assert md(out2, *common, "--steps", 40, "--restart", ckpt) == 0
+    rows2 = list(csv.DictReader(open(out2 / "thermo.csv")))
+    assert [int(r["step"]) for r in rows2] == [30, 40]
+    # equals an uninterrupted 40-step run
+    out3 = tmp_path / "full"
+    out3.mkdir()
+    assert md(out3, *common, "--steps", 40) == 0
+    rows3 = list(csv.DictReader(open(out3 / "thermo.csv")))
+    assert [r["etot_eV"] for r in rows3[-2:]] == [r["etot_eV"] for r in rows2]
+
+
+def write_xyz(path, atoms):
+    ase.io.write(path, atoms, format="extxyz")
+    return path
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "structure file not found"),
+        ("unknown_element", "elements [18]"),
+        ("small_cell", "2 x cutoff"),
+        ("nan", "NaN"),
+        ("bad_potential", "no potential"),
+    ],
+)
+def test_md_bad_input(tmp_path, model_file, capsys, case, message):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    structure = ETHANOL
+    potential = model_file
+    if case == "missing":
+        structure = inputs / "nope.xyz"
+    elif case == "unknown_element":
+        structure = write_xyz(inputs / "ar.xyz", Atoms("Ar2", positions=[[0, 0, 0], [0, 0, 3.0]]))
+    elif case == "small_cell":
+        atoms = ase.io.read(ETHANOL)
+        atoms.cell = np.eye(3) * 6.0
+        atoms.pbc = True
+        structure = write_xyz(inputs / "box.xyz", atoms)
+    elif case == "nan":
+        atoms = ase.io.read(ETHANOL)
+        atoms.positions[2, 0] = np.nan
+        structure = write_xyz(inputs / "nan.xyz", atoms)
+    elif case == "bad_potential":
+        potential = inputs / "missing.e3md"
+    out = tmp_path / "out"
+    out.mkdir()
+    rc = md(out, "--potential", potential, "--structure", structure, "--steps", 5)
+    assert rc == 2
+    assert message in capsys.readouterr().err
+    assert list(out.iterdir()) == []  # nothing written, not even partial files
+
+
+def test_md_default_potential(tmp_path, capsys):
+    if "rmd17-ethanol" in available():
+        assert md(tmp_path, "--steps", 20, "--chunk", 10) == 0
+        assert (tmp_path / "traj.extxyz").is_file()
+    else:
+        assert md(tmp_path, "--steps", 20) == 2
+        err = capsys.readouterr().err
+        assert "rmd17-ethanol" in err and "not shipped" in err
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_md_parser_does_not_import_jax_md():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from e3md.cli import build_parser; p = build_parser(); "
+        "a = p.parse_args(['md', '--steps', '7']); print(a.steps, a.ensemble, a.potential, "
+        "'jax_md' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["7", "nvt", "rmd17-ethanol", "False"], out.stderr
