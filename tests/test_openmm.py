@@ -411,3 +411,25 @@ def test_mixed_system_ml_part_is_e3md(model_path, free_ref):
             if a < b:
                 qq, eps = pairs[frozenset((a, b))]
                 assert qq == 0.0 and eps.value_in_unit(KJ) == 0.0
+
+
+def test_interpolated_mixed_system(model_path, free_ref):
+    """openmm-ml's interpolation set-up (which deep-copies the force) works: at
+    lambda_interpolate = 1 an ethanol-only system is pure e3md, at 0 pure force field."""
+    import io
+
+    numbers, R, e_ref, _ = free_ref
+    example = _load_example()
+    topology, _ = example.ethanol_topology()
+    ff = app.ForceField(io.StringIO(example.ETHANOL_FFXML))
+    mm_system = ff.createSystem(topology, nonbondedMethod=app.NoCutoff)
+    mixed = MLPotential("e3md", model=model_path).createMixedSystem(
+        topology, mm_system, list(range(len(numbers))), interpolate=True
+    )
+    ctx = context_for(mixed, "Reference")
+    e_mm, _ = openmm_energy_forces(context_for(mm_system, "Reference"), R)
+    for lam, expected in ((1.0, e_ref * units.EV_TO_KJ_PER_MOL), (0.0, e_mm)):
+        ctx.setParameter("lambda_interpolate", lam)
+        e, _ = openmm_energy_forces(ctx, R)
+        np.testing.assert_allclose(e, expected, rtol=1e-5, atol=1e-6)
+    assert abs(e_mm - e_ref * units.EV_TO_KJ_PER_MOL) > 1.0
