@@ -173,3 +173,20 @@ def test_bad_inputs_raise(cls):
         m.init(jax.random.PRNGKey(0), jnp.ones((1, 4, 2)), jnp.ones((1, 4, 3)))
     with pytest.raises(ValueError, match="at most 2"):
         cls(max_degree=3).init(jax.random.PRNGKey(0), jnp.ones((1, 4, 2)), jnp.ones((1, 4, 2)))
+
+
+def test_fused_tensor_second_order_grads_match_e3x(rng):
+    """Forces-in-the-loss training differentiates twice (reverse over reverse): the custom
+    transpose rules must agree with e3x's autodiff, value and gradient of the gradient."""
+    x, y = _features(rng, 2, 2), _features(rng, 1, 2)
+    ref, ours = e3x.nn.FusedTensor(), FusedTensor()
+    params = _randomised(ref.init(jax.random.PRNGKey(0), x, y), rng)
+    ct = jnp.asarray(rng.normal(size=ref.apply(params, x, y).shape))
+
+    def second(module):
+        def inner(x, y):
+            return jnp.vdot(module.apply(params, x, y), ct)
+
+        return jax.grad(lambda x: jnp.sum(jax.grad(inner, argnums=1)(x, y) ** 2))(x)
+
+    np.testing.assert_allclose(second(ours), second(ref), atol=1e-9)

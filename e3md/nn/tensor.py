@@ -164,6 +164,69 @@ def _split(x, w_even, w_odd, num_parity, max_degree):
     return tuple(out)
 
 
+def _sparse_linear_map(vals, matrix: np.ndarray, axis_in: int, precision: Any = None):
+    """``out[..., j, ...] = sum_k matrix[k, j] vals[..., k, ...]`` over the axis ``axis_in``,
+    unrolled over the nonzero entries of the constant ``matrix`` (float64 NumPy).
+
+    The change-of-basis tables are sparse (a few nonzeros per column) and tiny, so instead of a
+    ``dot_general`` (which on CPU transposes the feature axis to the back and back again) the map
+    is written as sums of constant-scaled slices; XLA fuses them with the neighbouring
+    element-wise work (weights, products) into one loop, in the forward and backward pass.
+    """
+    del precision  # element-wise arithmetic: nothing to set
+    axis_in = axis_in % vals.ndim
+    cols = []
+    for j in range(matrix.shape[1]):
+        nz = np.nonzero(matrix[:, j])[0]
+        if nz.size == 0:
+            shape = list(vals.shape)
+            shape[axis_in] = 1
+            cols.append(jnp.zeros(shape, vals.dtype))
+            continue
+        acc = None
+        for k in nz:
+            term = jax.lax.slice_in_dim(vals, int(k), int(k) + 1, axis=axis_in)
+            c = float(matrix[k, j])
+            term = term if c == 1.0 else term * jnp.asarray(c, vals.dtype)
+            acc = term if acc is None else acc + term
+        cols.append(acc)
+    return jnp.concatenate(cols, axis=axis_in)
+
+
+@functools.cache
+def _sparse_linear_map_vjp(key: tuple) -> Callable:
+    """``_sparse_linear_map`` for one constant matrix, with its transpose written the same way.
+
+    Autodiff would transpose the slices into pads and adds; the explicit rule applies the
+    transposed (equally sparse) matrix as slices-and-sums again, which XLA fuses just as well.
+    The map is linear, so the rule is exact and itself differentiable (reverse over reverse).
+    """
+    data, shape, axis = key
+    matrix = np.frombuffer(data, dtype=np.float64).reshape(shape)
+
+    @jax.custom_vjp
+    def f(vals):
+        return _sparse_linear_map(vals, matrix, axis)
+
+    def fwd(vals):
+        return f(vals), None
+
+    def bwd(_, g):
+        return (_sparse_linear_map_vjp((matrix.T.copy().tobytes(), matrix.T.shape, axis))(g),)
+
+    f.defvjp(fwd, bwd)
+    return f
+
+
+def _linear_map(vals, matrix: np.ndarray, axis_in: int):
+    m = np.ascontiguousarray(matrix, dtype=np.float64)
+    return _sparse_linear_map_vjp((m.tobytes(), m.shape, axis_in))(vals)
+
+
+# Contraction strategy for the change of basis, chosen by measurement (benchmarks/bench_tensor.py).
+_CONTRACTION = "sparse"
+
+
 def fused_tensor_apply(
     inputs1: Float[Array, "... P1 LM1 F"],
     inputs2: Float[Array, "... P2 LM2 F"],
@@ -201,11 +264,16 @@ def fused_tensor_apply(
     def const(idx):
         return jnp.asarray(basis[:, :, idx], dtype)
 
+    nm = basis.shape[0]
+
     def to_matrix(comp):
         if comp is None:
             return None
         vals, w, idx = comp
         # Weight application fused into the change of basis: one contraction per component.
+        if _CONTRACTION == "sparse":
+            flat = _linear_map(vals * w, basis[:, :, idx].reshape(nm * nm, -1).T, -2)
+            return flat.reshape(*flat.shape[:-2], nm, nm, flat.shape[-1])
         return jnp.einsum("...kf,abk->...abf", vals * w, const(idx), precision=precision)
 
     def couple(a, b):
@@ -231,6 +299,14 @@ def fused_tensor_apply(
         paths = [(z, w) for z, w in paths if z is not None]
         if not paths or idx.size == 0:
             return None
+        if _CONTRACTION == "sparse":
+            m = basis[:, :, idx].reshape(nm * nm, -1)
+            out = None
+            for z, w in paths:
+                zf = z.reshape(*z.shape[:-3], nm * nm, z.shape[-1])
+                v = _linear_map(zf, m, -2) * w[deg3[idx]]
+                out = v if out is None else out + v
+            return out
         b = const(idx)
         if len(paths) == 1:
             z, w = paths[0]
