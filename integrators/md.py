@@ -87,7 +87,9 @@ class MDResult:
         ``[rows]`` or ``[rows, B]``.
       reallocations: neighbour-list reallocations (each one replays a chunk).
       traces: how often the chunk function was traced (compiled).
-      timings: seconds: ``total``, ``device`` (waiting for chunks), ``host`` (the rest).
+      timings: seconds: ``total``, ``device`` (dispatching and waiting for chunks, compile
+        included), ``host`` (the rest: setup, allocation, output), ``loop`` (the chunk loop
+        after the first compiled call) and ``loop_host`` (host work between chunks in it).
     """
 
     state: Any
@@ -494,6 +496,7 @@ def run_md(
         if restart is None:
             report(done, state, stats)
         last_good = (done, state, nbrs, stats)
+        t_loop0, t_device0 = time.perf_counter(), t_device
         while done < steps:
             nxt = min(
                 steps,
@@ -566,6 +569,8 @@ def run_md(
             last_good = (done, state, nbrs, stats)
             if progress is not None:
                 progress(done, steps)
+        t_loop = time.perf_counter() - t_loop0
+        t_loop_device = t_device - t_device0
         ok = True
     except MDBlowUpError:
         ok = True  # every frame and row written so far is good
@@ -583,7 +588,13 @@ def run_md(
         thermo=thermo,
         reallocations=reallocations,
         traces=len(traces) - traces_before,
-        timings={"total": total, "device": t_device, "host": total - t_device},
+        timings={
+            "total": total,
+            "device": t_device,
+            "host": total - t_device,
+            "loop": t_loop,
+            "loop_host": t_loop - t_loop_device,
+        },
     )
 
 
