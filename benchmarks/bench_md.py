@@ -85,8 +85,9 @@ def nequip_builder():
         table = {1: 0, 6: 1, 8: 2}
         onehot = jax.nn.one_hot(jnp.array([table[int(z)] for z in atoms.numbers]), 3)
         nl = dict(space.neighbor_kwargs)
+        box = space.box if space.box is not None else np.eye(3) * 100.0  # free space: unused
         neighbor_fn, init_fn, efn = energy.nequip_neighbor_list(
-            space.displacement_fn, space.box, cfg, atoms=onehot, **nl
+            space.displacement_fn, box, cfg, atoms=onehot, **nl
         )
         nbrs = neighbor_fn.allocate(jnp.asarray(space.positions, jnp.float32))
         params = init_fn(jax.random.PRNGKey(0), jnp.asarray(space.positions, jnp.float32), nbrs)
@@ -140,14 +141,19 @@ def main():
     ap.add_argument("--chunk-small", type=int, default=500)
     ap.add_argument("--chunk-box", type=int, default=50)
     ap.add_argument("--no-nequip", action="store_true")
+    ap.add_argument("--systems", default="ethanol,box", help="comma list: ethanol, box")
     args = ap.parse_args()
     print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({platform.processor()}), "
           f"float32")  # fmt: skip
     e_build, cutoff, source = e3md_builder()
     print(f"e3md potential: {source}")
-    systems = [("ethanol", ethanol(), args.steps_small, args.chunk_small)]
-    systems.append((f"ethanol box {args.grid}^3", ethanol_box(args.grid), args.steps_box,
-                    args.chunk_box))  # fmt: skip
+    wanted = args.systems.split(",")
+    systems = []
+    if "ethanol" in wanted:
+        systems.append(("ethanol", ethanol(), args.steps_small, args.chunk_small))
+    if "box" in wanted:
+        systems.append((f"ethanol box {args.grid}^3", ethanol_box(args.grid), args.steps_box,
+                        args.chunk_box))  # fmt: skip
     rows = []
     for name, atoms, steps, chunk in systems:
         rows.append(bench(f"e3md  {name}", atoms, e_build, cutoff, steps, chunk))

@@ -33,7 +33,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
 from e3md import units
 
@@ -114,7 +114,7 @@ class EnsembleConfig:
 
 
 def maxwell_boltzmann(
-    key: Array, masses: Float[Array, " N"], temperature_K: float, dtype=None
+    key: Array, masses: Float[ArrayLike, " N"], temperature_K: float, dtype=None
 ) -> Float[Array, "N 3"]:
     r"""Momenta drawn from the Maxwell-Boltzmann distribution, centre-of-mass motion removed.
 

@@ -44,7 +44,7 @@ from e3md.integrators.reporters import (
     check_trajectory_path,
     make_frame,
 )
-from jaxtyping import Array, Float
+from jaxtyping import ArrayLike, Float
 
 from e3md import units
 
@@ -123,8 +123,8 @@ def run_md(
     neighbor_fn: Any,
     energy_fn: Callable,
     shift_fn: Callable,
-    positions: Float[Array, "N 3"] | Float[Array, "B N 3"],
-    masses: Float[Array, " N"],
+    positions: Float[ArrayLike, "*B N 3"],
+    masses: Float[ArrayLike, " N"],
     *,
     steps: int,
     ensemble: str = "nve",
@@ -134,11 +134,11 @@ def run_md(
     friction_per_ps: float = 10.0,
     tau_thermostat_fs: float | None = None,
     tau_barostat_fs: float | None = None,
-    box: Float[Array, "3 3"] | None = None,
+    box: Float[ArrayLike, "3 3"] | None = None,
     fractional: bool = False,
     numbers: np.ndarray | None = None,
     seed: int = 0,
-    momenta: Float[Array, "N 3"] | None = None,
+    momenta: Float[ArrayLike, "*B N 3"] | None = None,
     replicas: int = 1,
     chunk_steps: int = 100,
     log_path: str | Path | None = None,
