@@ -970,6 +970,7 @@ class Trainer:
         """
         t = self.config.training
         st = self.state
+        st.stopped = ""  # a resumed run goes on
         start = time.monotonic()
         base_elapsed = st.elapsed
         last_ckpt = time.monotonic()
@@ -1125,7 +1126,7 @@ class Trainer:
         st.best_params = serialization.from_state_dict(st.best_params, payload["best_params"])
         for k in ("step", "epoch", "best_loss", "best_epoch", "bad_epochs", "elapsed", "history"):
             setattr(st, k, meta[k])
-        st.stopped = ""
+        st.stopped = meta.get("stopped", "")
         log.info("resumed from %s at epoch %d, step %d", path, st.epoch, st.step)
 
     # -- outputs -------------------------------------------------------------------------------
@@ -1143,7 +1144,7 @@ def train(
     config: TrainConfig,
     *,
     resume: bool = False,
-    write_outputs: bool = True,
+    outputs: bool = True,
     progress: Callable | None = None,
     hardware: str | None = None,
 ) -> dict:
@@ -1152,7 +1153,7 @@ def train(
     Args:
       config: the run's configuration.
       resume: continue from the checkpoint in ``config.checkpoint_dir``.
-      write_outputs: write ``<output_dir>/<name>.e3md``, ``README.md`` and PNG plots.
+      outputs: write ``<output_dir>/<name>.e3md``, ``README.md`` and PNG plots.
       progress: progress callback (see :meth:`Trainer.run`).
       hardware: description for the model card (default: detected).
 
@@ -1170,7 +1171,7 @@ def train(
         "time_s": state.elapsed,
         "best_epoch": state.best_epoch,
     }
-    if write_outputs:
+    if outputs:
         summary.update(write_outputs(trainer, hardware=hardware))
     return summary
 
