@@ -79,7 +79,7 @@ def neighbor_list(
     fns = partition.neighbor_list(
         displacement_fn,
         box,
-        cutoff + dr_threshold,
+        cutoff,  # jax-md adds dr_threshold itself
         dr_threshold=dr_threshold,
         capacity_multiplier=capacity_multiplier,
         disable_cell_list=disable_cell_list,
