@@ -66,6 +66,11 @@ def e3md_builder():
             space.displacement_fn, space.box, atoms.numbers, **space.neighbor_kwargs
         )
 
+    c = pot.config
+    source += (
+        f" (cutoff {c.cutoff} Å, L={c.max_degree}, F={c.num_features}, "
+        f"T={c.num_iterations}, {c.dtype})"
+    )
     return build, pot.cutoff, source
 
 

@@ -35,28 +35,33 @@ def md(tmp_path, *extra):
     return main(args)
 
 
-def test_md_runs_and_restarts(tmp_path, model_file, capsys):
-    common = ("--potential", model_file, "--structure", ETHANOL, "--ensemble", "nvt")
-    common += ("--dt", 0.5, "--temperature", 300, "--chunk", 10, "--log-every", 10)
-    assert md(tmp_path, *common, "--steps", 20, "--out-every", 10) == 0
+COMMON = ("--structure", ETHANOL, "--ensemble", "nvt", "--dt", 0.5, "--temperature", 300)
+COMMON += ("--chunk", 10, "--log-every", 10)
+
+
+def test_md_runs(tmp_path, model_file, capsys):
+    assert md(tmp_path, "--potential", model_file, *COMMON, "--steps", 20, "--out-every", 10) == 0
     assert "20 steps" in capsys.readouterr().out
     rows = list(csv.DictReader(open(tmp_path / "thermo.csv")))
     assert [int(r["step"]) for r in rows] == [0, 10, 20]
     frames = ase.io.read(tmp_path / "traj.extxyz", ":")
     assert len(frames) == 3 and frames[0].get_chemical_formula() == "C2H6O"
-    ckpt = tmp_path / "ckpt.npz"
-    assert ckpt.is_file()
-    # continue to step 40 from the checkpoint, into new files
-    out2 = tmp_path / "more"
-    out2.mkdir()
-    assert md(out2, *common, "--steps", 40, "--restart", ckpt) == 0
-    rows2 = list(csv.DictReader(open(out2 / "thermo.csv")))
+    assert (tmp_path / "ckpt.npz").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.npz", "thermo.csv", "traj.extxyz"]
+
+
+@pytest.mark.slow
+def test_md_restart_equals_uninterrupted(tmp_path, model_file):
+    common = ("--potential", model_file, *COMMON)
+    first, more, full = (tmp_path / d for d in ("first", "more", "full"))
+    for d in (first, more, full):
+        d.mkdir()
+    assert md(first, *common, "--steps", 20) == 0
+    assert md(more, *common, "--steps", 40, "--restart", first / "ckpt.npz") == 0
+    rows2 = list(csv.DictReader(open(more / "thermo.csv")))
     assert [int(r["step"]) for r in rows2] == [30, 40]
-    # equals an uninterrupted 40-step run
-    out3 = tmp_path / "full"
-    out3.mkdir()
-    assert md(out3, *common, "--steps", 40) == 0
-    rows3 = list(csv.DictReader(open(out3 / "thermo.csv")))
+    assert md(full, *common, "--steps", 40) == 0
+    rows3 = list(csv.DictReader(open(full / "thermo.csv")))
     assert [r["etot_eV"] for r in rows3[-2:]] == [r["etot_eV"] for r in rows2]
 
 
@@ -103,10 +108,20 @@ def test_md_bad_input(tmp_path, model_file, capsys, case, message):
     assert list(out.iterdir()) == []  # nothing written, not even partial files
 
 
+@pytest.mark.slow
+def test_md_default_potential_runs(tmp_path):
+    if "rmd17-ethanol" not in available():
+        pytest.skip("rmd17-ethanol is not shipped in this checkout")
+    assert md(tmp_path, "--steps", 20, "--chunk", 10) == 0
+    assert (tmp_path / "traj.extxyz").is_file()
+
+
 def test_md_default_potential(tmp_path, capsys):
     if "rmd17-ethanol" in available():
-        assert md(tmp_path, "--steps", 20, "--chunk", 10) == 0
-        assert (tmp_path / "traj.extxyz").is_file()
+        from e3md.potentials import load
+
+        pot = load("rmd17-ethanol")  # the default resolves; running it is the slow test above
+        assert set(pot.species) >= {1, 6, 8}
     else:
         assert md(tmp_path, "--steps", 20) == 2
         err = capsys.readouterr().err

@@ -7,6 +7,7 @@ from pathlib import Path
 import ase.io
 import jax
 import numpy as np
+import pytest
 from e3md.potentials import ModelConfig, Potential
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -19,6 +20,7 @@ def load_example(name):
     return module
 
 
+@pytest.mark.slow  # compiles an e3md model; the e3md MD path is covered fast elsewhere
 def test_md_ethanol_example(tmp_path, capsys):
     config = ModelConfig(
         species=(1, 6, 8), cutoff=4.0, max_degree=1, num_features=8, readout_features=8,
