@@ -190,3 +190,24 @@ def test_fused_tensor_second_order_grads_match_e3x(rng):
         return jax.grad(lambda x: jnp.sum(jax.grad(inner, argnums=1)(x, y) ** 2))(x)
 
     np.testing.assert_allclose(second(ours), second(ref), atol=1e-9)
+
+
+@pytest.mark.parametrize("strategy", ["unrolled", "sparse", "dense"])
+def test_fused_tensor_strategies_agree_with_e3x(rng, monkeypatch, strategy):
+    import e3md.nn.tensor as tensor_module
+
+    monkeypatch.setattr(tensor_module, "_CONTRACTION", strategy)
+    for p1, p2, pseudo, (l1, l2, l3) in [(2, 2, True, (2, 3, 3)), (1, 1, False, (3, 2, 4))]:
+        x, y = _features(rng, p1, l1), _features(rng, p2, l2)
+        ref = e3x.nn.FusedTensor(max_degree=l3, include_pseudotensors=pseudo)
+        params = _randomised(ref.init(jax.random.PRNGKey(0), x, y), rng)
+        out = FusedTensor(max_degree=l3, include_pseudotensors=pseudo).apply(params, x, y)
+        np.testing.assert_allclose(out, ref.apply(params, x, y), atol=1e-10)
+
+
+def test_fused_tensor_forward_mode_matches_reverse_mode(rng):
+    x, y = _features(rng, 1, 2, batch=1), _features(rng, 2, 1, batch=1)
+    m = FusedTensor()
+    params = m.init(jax.random.PRNGKey(0), x, y)
+    f = lambda x: m.apply(params, x, y)
+    np.testing.assert_allclose(jax.jacfwd(f)(x), jax.jacrev(f)(x), atol=1e-12)

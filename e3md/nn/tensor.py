@@ -164,67 +164,137 @@ def _split(x, w_even, w_odd, num_parity, max_degree):
     return tuple(out)
 
 
-def _sparse_linear_map(vals, matrix: np.ndarray, axis_in: int, precision: Any = None):
+def _sparse_linear_map(vals, matrix: np.ndarray, axis_in: int):
     """``out[..., j, ...] = sum_k matrix[k, j] vals[..., k, ...]`` over the axis ``axis_in``,
     unrolled over the nonzero entries of the constant ``matrix`` (float64 NumPy).
 
-    The change-of-basis tables are sparse (a few nonzeros per column) and tiny, so instead of a
-    ``dot_general`` (which on CPU transposes the feature axis to the back and back again) the map
-    is written as sums of constant-scaled slices; XLA fuses them with the neighbouring
-    element-wise work (weights, products) into one loop, in the forward and backward pass.
+    The change-of-basis tables are tiny and sparse (a few nonzeros per column), so instead of a
+    ``dot_general`` (which on CPU moves the feature axis to the back and back again) the map is
+    written as sums of constant-scaled slices, which XLA fuses with the neighbouring element-wise
+    work (weights, products) into one loop. The input is cut with one ``lax.split`` and the
+    output joined with one ``concatenate``: these two are each other's transpose, so the
+    backward pass has the same fused form (slicing with ``lax.slice`` would transpose into a pad
+    per slice, measured ~2x slower fwd+bwd), and forward mode works as well.
     """
-    del precision  # element-wise arithmetic: nothing to set
     axis_in = axis_in % vals.ndim
+    pieces = jax.lax.split(vals, [1] * vals.shape[axis_in], axis=axis_in)
     cols = []
     for j in range(matrix.shape[1]):
-        nz = np.nonzero(matrix[:, j])[0]
-        if nz.size == 0:
-            shape = list(vals.shape)
-            shape[axis_in] = 1
-            cols.append(jnp.zeros(shape, vals.dtype))
-            continue
         acc = None
-        for k in nz:
-            term = jax.lax.slice_in_dim(vals, int(k), int(k) + 1, axis=axis_in)
+        for k in np.nonzero(matrix[:, j])[0]:
             c = float(matrix[k, j])
-            term = term if c == 1.0 else term * jnp.asarray(c, vals.dtype)
+            term = pieces[k] if c == 1.0 else pieces[k] * jnp.asarray(c, vals.dtype)
             acc = term if acc is None else acc + term
-        cols.append(acc)
+        cols.append(jnp.zeros_like(pieces[0]) if acc is None else acc)
     return jnp.concatenate(cols, axis=axis_in)
 
 
-@functools.cache
-def _sparse_linear_map_vjp(key: tuple) -> Callable:
-    """``_sparse_linear_map`` for one constant matrix, with its transpose written the same way.
-
-    Autodiff would transpose the slices into pads and adds; the explicit rule applies the
-    transposed (equally sparse) matrix as slices-and-sums again, which XLA fuses just as well.
-    The map is linear, so the rule is exact and itself differentiable (reverse over reverse).
-    """
-    data, shape, axis = key
-    matrix = np.frombuffer(data, dtype=np.float64).reshape(shape)
-
-    @jax.custom_vjp
-    def f(vals):
-        return _sparse_linear_map(vals, matrix, axis)
-
-    def fwd(vals):
-        return f(vals), None
-
-    def bwd(_, g):
-        return (_sparse_linear_map_vjp((matrix.T.copy().tobytes(), matrix.T.shape, axis))(g),)
-
-    f.defvjp(fwd, bwd)
-    return f
-
-
 def _linear_map(vals, matrix: np.ndarray, axis_in: int):
-    m = np.ascontiguousarray(matrix, dtype=np.float64)
-    return _sparse_linear_map_vjp((m.tobytes(), m.shape, axis_in))(vals)
+    return _sparse_linear_map(vals, matrix, axis_in)
 
 
-# Contraction strategy for the change of basis, chosen by measurement (benchmarks/bench_tensor.py).
-_CONTRACTION = "sparse"
+# Contraction strategy, chosen by measurement (benchmarks/bench_tensor.py, 2-core CPU, f32,
+# L=2, F=32, fwd+bwd vs e3x): "unrolled" (whole product as sparse scalar-by-slice arithmetic;
+# 2.8-3.5x with P=1 inputs, but ~1.0x with P=2, where XLA's cost analysis counts 3.6x the FLOPs
+# of "sparse"), "sparse" (unrolled change of basis, broadcast matrix product; 1.6-2.1x with P=2)
+# or "dense" (einsum everywhere; 1.6-2.6x). None means: unrolled for P=1 inputs, else sparse.
+_CONTRACTION: str | None = None
+
+
+def _fused_unrolled(inputs1, inputs2, kernels, l3, include_pseudotensors, basis):
+    """FusedTensor as one element-wise graph over ``(..., 1, F)`` slices.
+
+    Every stage (weights, change of basis, the four matrix products, change of basis back,
+    output weights) is a sum of products of ``(..., 1, F)`` pieces with constant coefficients,
+    visiting only the nonzero entries of the (sparse) basis tensor. Inputs are cut once with
+    ``lax.split`` and the output joined once with ``concatenate`` (each other's transpose), so
+    XLA fuses forward and backward passes into a few loops with no intermediate transposes.
+    """
+    p1, p2 = inputs1.shape[-3], inputs2.shape[-3]
+    l1 = round(math.sqrt(inputs1.shape[-2])) - 1
+    l2 = round(math.sqrt(inputs2.shape[-2])) - 1
+    nm = basis.shape[0]
+    dtype = jnp.result_type(inputs1, inputs2)
+
+    def scaled(piece, c):
+        return piece if c == 1.0 else piece * jnp.asarray(c, dtype)
+
+    def lin(terms):
+        acc = None
+        for piece, c in terms:
+            if piece is None:  # a structurally zero entry
+                continue
+            t = scaled(piece, c)
+            acc = t if acc is None else acc + t
+        return acc
+
+    def to_matrix(comp):
+        if comp is None:
+            return None
+        vals, w, idx = comp
+        pieces = jax.lax.split(vals * w, [1] * vals.shape[-2], axis=vals.ndim - 2)
+        mat = [[None] * nm for _ in range(nm)]
+        for a in range(nm):
+            for b in range(nm):
+                col = basis[a, b, idx]
+                mat[a][b] = lin([(pieces[k], float(col[k])) for k in np.nonzero(col)[0]])
+        return mat
+
+    def couple(x, y):
+        if x is None or y is None:
+            return None
+        z = [[None] * nm for _ in range(nm)]
+        for a in range(nm):
+            for b in range(nm):
+                terms = [
+                    (x[a][c] * y[c][b], 1.0)
+                    for c in range(nm)
+                    if x[a][c] is not None and y[c][b] is not None
+                ]
+                z[a][b] = lin(terms)
+        return z
+
+    e1, o1 = _split(inputs1, kernels["kernel_e1"], kernels["kernel_o1"], p1, l1)
+    e2, o2 = _split(inputs2, kernels["kernel_e2"], kernels["kernel_o2"], p2, l2)
+    x_e, x_o, y_e, y_o = (to_matrix(c) for c in (e1, o1, e2, o2))
+    deg3 = _degrees(l3)
+
+    def project(paths, n):
+        """Output entry n: sum over paths of w_path[l(n)] * <B[:, :, n], Z_path>."""
+        acc = None
+        for z, w in paths:
+            if z is None:
+                continue
+            col = basis[:, :, n]
+            v = lin([(z[a][b], float(col[a, b])) for a, b in zip(*np.nonzero(col), strict=True)])
+            if v is None:
+                continue
+            v = v * w[deg3[n]]
+            acc = v if acc is None else acc + v
+        return acc
+
+    zs = [couple(x_e, y_e), couple(x_o, y_o), couple(x_e, y_o), couple(x_o, y_e)]
+    even_paths = [(zs[0], kernels["kernel_eee"]), (zs[1], kernels["kernel_ooe"])]
+    odd_paths = [(zs[2], kernels["kernel_eoo"]), (zs[3], kernels["kernel_oeo"])]
+    batch = jnp.broadcast_shapes(inputs1.shape[:-3], inputs2.shape[:-3])
+    zero = jnp.zeros((*batch, 1, inputs1.shape[-1]), dtype)
+
+    def channel(paths, keep):
+        outs = []
+        for n in range(deg3.size):
+            v = project(paths, n) if keep(n) else None
+            outs.append(zero if v is None else v)
+        return jnp.concatenate(outs, axis=-2)
+
+    if include_pseudotensors:
+        even = channel(even_paths, lambda n: True)
+        odd = channel(odd_paths, lambda n: True)
+        return jnp.stack([even, odd], axis=-3)
+    outs = []
+    for n in range(deg3.size):
+        v = project(even_paths if deg3[n] % 2 == 0 else odd_paths, n)
+        outs.append(zero if v is None else v)
+    return jnp.concatenate(outs, axis=-2)[..., None, :, :]
 
 
 def fused_tensor_apply(
@@ -265,13 +335,16 @@ def fused_tensor_apply(
         return jnp.asarray(basis[:, :, idx], dtype)
 
     nm = basis.shape[0]
+    strategy = _CONTRACTION or ("unrolled" if p1 == p2 == 1 else "sparse")
+    if strategy == "unrolled":
+        return _fused_unrolled(inputs1, inputs2, kernels, l3, include_pseudotensors, basis)
 
     def to_matrix(comp):
         if comp is None:
             return None
         vals, w, idx = comp
         # Weight application fused into the change of basis: one contraction per component.
-        if _CONTRACTION == "sparse":
+        if strategy == "sparse":
             flat = _linear_map(vals * w, basis[:, :, idx].reshape(nm * nm, -1).T, -2)
             return flat.reshape(*flat.shape[:-2], nm, nm, flat.shape[-1])
         return jnp.einsum("...kf,abk->...abf", vals * w, const(idx), precision=precision)
@@ -299,7 +372,7 @@ def fused_tensor_apply(
         paths = [(z, w) for z, w in paths if z is not None]
         if not paths or idx.size == 0:
             return None
-        if _CONTRACTION == "sparse":
+        if strategy == "sparse":
             m = basis[:, :, idx].reshape(nm * nm, -1)
             out = None
             for z, w in paths:
