@@ -1,0 +1,678 @@
+"""Issue 9: energy+forces throughput of the e3md potential vs equal-size peers (one run).
+
+Contenders, all on the SAME periodic water box and the SAME jax-md ``Sparse`` neighbour list
+(cutoff 5 Å, no skin, ``capacity_multiplier`` 1.25, so padded edges are shared as well):
+
+* ``e3md``: the e3md potential (``e3md.potentials``; ``energy_fn`` of
+  :func:`e3md.potentials.energy.neighbor_list`, energy and ``jax.grad`` forces).
+* ``e3x Fused``: the same architecture written with e3x modules (``e3x.nn.MessagePass`` with
+  ``FusedTensor``, e3x ``Dense``/``Embed``/``FusedTensor`` self-product/``silu``/``basis``). It
+  runs with e3md's parameters (identical parameter trees), and the script checks that both
+  give the same energy, so this column is exactly the same mathematical function.
+* ``e3x Tensor``: the same with e3x's full Clebsch-Gordan ``Tensor`` (e3x's default) in the
+  message pass and the self-product (its own random parameters; different function, same size).
+* ``nequip``: ``jax_md.energy.nequip_neighbor_list`` with hidden irreps ``F x 0e + F x 1o
+  (+ F x 2e)`` (natural parity, no pseudotensors), ``sh_irreps`` up to ``L``, ``graph_net_steps
+  = iterations``, ``num_basis = K``, ``r_max`` = 5 Å and its default radial MLP (2 x 64).
+
+Sizes: small (F, L, iterations, K) = (32, 1, 2, 8), medium = (64, 2, 2, 8); 192, 1536 atoms by
+default, 12288 and ~100k (small only) with ``--large``. For each (size, atoms) cell every
+contender is compiled first (compile time = trace + lower + XLA compile), then the timed calls
+are interleaved round-robin (``--rounds``) after a warm-up and the median is reported, so the
+ratios of one cell come from the same run under the same machine load.
+
+Columns: atom-steps/s = atoms / median seconds per energy+forces call; ``x nequip`` = ratio
+to nequip in the same cell; ``% peak`` = XLA cost-analysis FLOPs / time / matmul peak, where
+the peak is a jitted float32 2048^3 matmul measured in the same run; ``useful % peak`` uses
+instead the FLOPs an ideal implementation of e3md's function needs (:func:`ideal_flops`, real
+edges only, no padding, 3 x forward for energy+forces); memory = XLA memory analysis of the
+compiled program (arguments + outputs + temporaries, GiB) and the measured peak RSS growth of
+the process during the first call (VmHWM after resetting it, minus the RSS before).
+
+A contender whose XLA memory estimate exceeds ``--mem-limit-gib`` (default: 90 % of the
+available RAM) is compiled and reported but not run ("does not fit").
+
+Usage::
+
+    python benchmarks/bench_performance.py --quick     # 192 atoms, both sizes, 5 rounds
+    python benchmarks/bench_performance.py             # 192 and 1536 atoms
+    python benchmarks/bench_performance.py --large     # + 12288 atoms (both) and ~100k (small)
+    python benchmarks/bench_performance.py --models e3md,nequip --atoms 1536 --sizes medium
+"""
+
+import argparse
+import dataclasses
+import functools
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SIZES = {"small": (32, 1, 2, 8), "medium": (64, 2, 2, 8)}
+CUTOFF = 5.0  # Å
+MODELS = ("e3md", "e3x Fused", "e3x Tensor", "nequip")
+WATER_MOLECULE_VOLUME = 18.015 / (0.602214 * 0.997)  # Å^3 per molecule at 0.997 g/cm^3
+
+
+# ----------------------------------------------------------------------------------------------
+# System and neighbour list
+# ----------------------------------------------------------------------------------------------
+
+
+def water_box(molecules_per_side: int, seed: int = 0):
+    """A periodic cubic box of water at 0.997 g/cm^3: molecules on a simple cubic grid with
+    random orientations (O-H 0.9572 Å, H-O-H 104.52°) and a small jitter.
+
+    Returns:
+      ``(positions [N, 3] Å, atomic_numbers [N], box side Å)`` with ``N = 3 n^3``.
+    """
+    rng = np.random.default_rng(seed)
+    n = molecules_per_side
+    a = WATER_MOLECULE_VOLUME ** (1 / 3)
+    side = n * a
+    grid = np.stack(np.meshgrid(*[np.arange(n)] * 3, indexing="ij"), -1).reshape(-1, 3) * a
+    half = np.deg2rad(104.52) / 2
+    local = 0.9572 * np.array(
+        [[0, 0, 0], [np.sin(half), np.cos(half), 0], [-np.sin(half), np.cos(half), 0]]
+    )
+    q, r = np.linalg.qr(rng.normal(size=(len(grid), 3, 3)))
+    q = q * np.sign(np.diagonal(r, axis1=1, axis2=2))[:, None, :]
+    mol = (
+        np.einsum("mij,aj->mai", q, local)
+        + grid[:, None, :]
+        + rng.normal(scale=0.05, size=(len(grid), 1, 3))
+    )
+    pos = np.mod(mol.reshape(-1, 3), side)
+    z = np.tile(np.array([8, 1, 1]), len(grid))
+    return pos, z, side
+
+
+def molecules_per_side(num_atoms: int) -> int:
+    return max(2, round((num_atoms / 3) ** (1 / 3)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------
+
+
+def e3md_config(size: str, avg_num_neighbors: float):
+    from e3md.potentials import ModelConfig
+
+    f, l, t, k = SIZES[size]
+    return ModelConfig(
+        species=(1, 8),
+        cutoff=CUTOFF,
+        max_degree=l,
+        num_features=f,
+        num_iterations=t,
+        num_basis=k,
+        readout_features=f,
+        avg_num_neighbors=avg_num_neighbors,
+    )
+
+
+def _peer_module(config, fused: bool):
+    """e3md's architecture (``potentials/model.py``) written with e3x layers."""
+    import e3x
+    import flax.linen as nn
+
+    import e3md.nn
+
+    class PeerModel(nn.Module):
+        @nn.compact
+        def __call__(self, r_ij, z, src, dst, edge_mask):
+            cfg = config
+            L, F = cfg.max_degree, cfg.num_features
+            n = z.shape[0]
+            src_c = jnp.clip(src, 0, n - 1)
+            dst_c = jnp.clip(dst, 0, n - 1)
+            mask = edge_mask & (src < n) & (dst < n)
+            safe = jnp.asarray([0.5 * cfg.cutoff, 0.0, 0.0], r_ij.dtype)
+            r_ij = jnp.where(mask[:, None], r_ij, safe)
+            basis = e3x.nn.basis(
+                r_ij,
+                max_degree=L,
+                num=cfg.num_basis,
+                radial_fn=functools.partial(e3md.nn.bessel, limit=cfg.cutoff),
+                cutoff_fn=functools.partial(e3x.nn.smooth_cutoff, cutoff=cfg.cutoff),
+            )
+            weights = (mask.astype(r_ij.dtype) / cfg.avg_num_neighbors)[:, None, None, None]
+            x = e3x.nn.Embed(num_embeddings=cfg.num_species, features=F)(z)
+            for t in range(cfg.num_iterations):
+                out_degree = 0 if t == cfg.num_iterations - 1 else L
+                m = e3x.nn.MessagePass(
+                    max_degree=out_degree,
+                    include_pseudotensors=False,
+                    use_fused_tensor=fused,
+                    use_basis_bias=False,
+                    name=f"message_{t}",
+                )(x, basis, weights, src_idx=src_c, dst_idx=dst_c, num_segments=n)
+                lm = (out_degree + 1) ** 2
+                have = x.shape[-2]
+                x = (
+                    x[..., :lm, :]
+                    if have >= lm
+                    else jnp.pad(x, ((0, 0), (0, 0), (0, lm - have), (0, 0)))
+                )
+                x = x + e3x.nn.Dense(F, name=f"update_{t}")(m)
+                if cfg.self_product and out_degree > 0:
+                    a = e3x.nn.Dense(F, name=f"self_a_{t}")(x)
+                    b = e3x.nn.Dense(F, name=f"self_b_{t}")(x)
+                    tensor = e3x.nn.FusedTensor if fused else e3x.nn.Tensor
+                    x = x + tensor(
+                        max_degree=out_degree, include_pseudotensors=False, name=f"self_product_{t}"
+                    )(a, b)
+                x = e3x.nn.Dense(F, name=f"mix_{t}")(e3x.nn.silu(x))
+            h = x[..., 0:1, 0:1, :]
+            h = e3x.nn.silu(e3x.nn.Dense(cfg.readout_features, name="readout_hidden")(h))
+            nn_i = e3x.nn.Dense(1, name="readout")(h)[:, 0, 0, 0]
+            e0 = jnp.asarray(cfg.e0, r_ij.dtype)[z]
+            return cfg.scale * nn_i + cfg.shift + e0
+
+    return PeerModel()
+
+
+@dataclasses.dataclass
+class Contender:
+    name: str
+    fn: object  # (params, R, neighbor) -> (energy, gradient)
+    params: object
+    energy: object = None  # (params, R, neighbor) -> energy, for the cross-check
+
+
+def build_contenders(size, names, displacement, side, z, R, nbrs, avg_nb, seed=0):
+    """Build every requested contender for one system; returns {name: Contender}."""
+    from e3md.potentials.energy import neighbor_list as e3md_neighbor_list
+    from e3md.potentials.model import init_params, species_index
+
+    from e3md.graph import edge_vectors
+
+    config = e3md_config(size, avg_nb)
+    e3md_params = init_params(config, jax.random.PRNGKey(seed))
+    out = {}
+    zi = jnp.asarray(species_index(config, z))
+
+    def with_grad(energy):
+        return jax.value_and_grad(energy, argnums=1)
+
+    if "e3md" in names:
+        _, energy_fn = e3md_neighbor_list(config, e3md_params, displacement, side, z)
+
+        def e_e3md(p, R, nb):
+            return energy_fn(R, nb, params=p)
+
+        out["e3md"] = Contender("e3md", with_grad(e_e3md), e3md_params, e_e3md)
+
+    for name, fused in (("e3x Fused", True), ("e3x Tensor", False)):
+        if name not in names:
+            continue
+        module = _peer_module(config, fused)
+
+        def e_peer(p, R, nb, module=module):
+            r, src, dst, mask = edge_vectors(displacement, R, nb.idx)
+            return jnp.sum(module.apply(p, r, zi, src, dst, mask))
+
+        if fused:
+            params = e3md_params  # identical trees: the same function, checked in run_cell
+        else:
+            r, src, dst, mask = edge_vectors(displacement, R, nbrs.idx)
+            params = jax.jit(module.init)(jax.random.PRNGKey(seed), r, zi, src, dst, mask)
+        out[name] = Contender(name, with_grad(e_peer), params, e_peer)
+
+    if "nequip" in names:
+        from jax_md import energy as jmd_energy
+        from jax_md._nn import nequip
+
+        f, l, t, k = SIZES[size]
+        cfg = nequip.default_config()
+        cfg.graph_net_steps = t
+        cfg.n_elements = 2
+        cfg.hidden_irreps = " + ".join(f"{f}x{d}{'eo'[d % 2]}" for d in range(l + 1))
+        cfg.sh_irreps = " + ".join(f"1x{d}{'eo'[d % 2]}" for d in range(l + 1))
+        cfg.num_basis = k
+        cfg.r_max = CUTOFF
+        cfg.n_neighbors = avg_nb
+        cfg.shift, cfg.scale = 0.0, 1.0
+        atoms = jax.nn.one_hot(jnp.asarray(z == 8, jnp.int32), 2)
+        _, init_fn, nq_energy = jmd_energy.nequip_neighbor_list(
+            displacement, side, cfg, atoms=atoms
+        )
+        params = jax.jit(init_fn)(jax.random.PRNGKey(seed), R, nbrs)
+        out["nequip"] = Contender("nequip", with_grad(nq_energy), params, nq_energy)
+    return out, config
+
+
+# ----------------------------------------------------------------------------------------------
+# Ideal FLOP count of e3md's function
+# ----------------------------------------------------------------------------------------------
+
+
+def _paths(l1: int, l2: int, l3: int):
+    """Parity-allowed coupling paths (no pseudotensors, P = 1 inputs)."""
+    return [
+        (a, b, c)
+        for a in range(l1 + 1)
+        for b in range(l2 + 1)
+        for c in range(abs(a - b), min(a + b, l3) + 1)
+        if (a + b + c) % 2 == 0
+    ]
+
+
+@functools.cache
+def tensor_product_flops(l1: int, l2: int, l3: int) -> int:
+    """FLOPs per feature of the cheapest exact evaluation of a FusedTensor-style product of
+    degree-``l1`` and degree-``l2`` inputs to degree ``l3`` (P = 1, no pseudotensors).
+
+    Minimum of (a) the sparse Clebsch-Gordan form: a multiply-add per nonzero CG coefficient of
+    every parity-allowed path plus one weight multiply per output entry and path, and (b) the
+    sparse matrix form of FusedTensor: nonzeros of the used change-of-basis columns for both
+    inputs and the output, (2l~+1)^3 multiply-adds per matrix product (one per parity
+    combination that can reach an output degree), plus the per-degree weights.
+    """
+    from e3md import so3
+
+    cg = np.asarray(so3.clebsch_gordan(l1, l2, l3))
+    a_cnt = 0
+    for a, b, c in _paths(l1, l2, l3):
+        block = cg[a * a : (a + 1) ** 2, b * b : (b + 1) ** 2, c * c : (c + 1) ** 2]
+        a_cnt += 2 * int(np.count_nonzero(np.abs(block) > 1e-12)) + (2 * c + 1)
+    lmax = max(l1, l2, l3)
+    basis = np.asarray(so3.matrix_basis(lmax))
+    nm = basis.shape[0]
+    nnz = lambda deg: int(np.count_nonzero(np.abs(basis[:, :, : (deg + 1) ** 2]) > 1e-12))  # noqa: E731
+    products = 0
+    for pa in (0, 1):
+        for pb in (0, 1):
+            has_a = any(d % 2 == pa for d in range(l1 + 1))
+            has_b = any(d % 2 == pb for d in range(l2 + 1))
+            reach = any(d % 2 == (pa + pb) % 2 for d in range(l3 + 1))
+            products += has_a and has_b and reach
+    b_cnt = 2 * (nnz(l1) + nnz(l2)) + (l1 + 1) ** 2 + (l2 + 1) ** 2  # to matrices (+ weights)
+    b_cnt += products * 2 * nm**3 + 2 * products * nnz(l3) + (l3 + 1) ** 2  # products, back
+    return min(a_cnt, b_cnt)
+
+
+def ideal_flops(config, num_atoms: int, num_edges: int) -> float:
+    """FLOPs an ideal implementation needs for energy+forces of e3md's function (3 x forward).
+
+    Forward per real edge and iteration: radial contraction into the filter
+    ((L+1) K F multiply-adds, then (L+1)^2 F multiplies by Y_lm), the tensor product
+    (:func:`tensor_product_flops`), the sum over edges ((L3+1)^2 F adds); per edge once: the
+    basis (~10 K + 3 (L+1)^2). Per atom and iteration: Dense layers (2 (L+1)^2 F^2 each),
+    the self-product, the gated SiLU (~5 (L+1)^2 F); the readout MLP. Backward ~ 2 x forward.
+    """
+    L, F, K = config.max_degree, config.num_features, config.num_basis
+    lm = (L + 1) ** 2
+    edge = 10 * K + 3 * lm
+    atom = 0.0
+    l_in = 0
+    for t in range(config.num_iterations):
+        l_out = 0 if t == config.num_iterations - 1 else L
+        lmo = (l_out + 1) ** 2
+        edge += 2 * (L + 1) * K * F + lm * F
+        edge += tensor_product_flops(L, l_in, l_out) * F + lmo * F
+        atom += 2 * lmo * F * F  # update Dense
+        if config.self_product and l_out > 0:
+            atom += 2 * 2 * lmo * F * F + tensor_product_flops(l_out, l_out, l_out) * F
+        atom += 5 * lmo * F + 2 * lmo * F * F  # silu + mix Dense
+        l_in = l_out
+    atom += 2 * F * config.readout_features + 2 * config.readout_features
+    return 3.0 * (edge * num_edges + atom * num_atoms)
+
+
+# ----------------------------------------------------------------------------------------------
+# Measurement helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss_reset() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_bytes() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _available_bytes() -> int:
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
+    """Achieved FLOP/s of a jitted float32 ``n x n x n`` matmul (median of ``repeats``)."""
+    a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
+    f = jax.jit(lambda a, b: a @ b)
+    jax.block_until_ready(f(a, a))
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(a, a))
+        ts.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(ts)
+
+
+def compile_contender(c: Contender, R, nbrs):
+    """Compile ``c.fn`` for these shapes; returns (compiled, seconds, flops, xla bytes)."""
+    t0 = time.perf_counter()
+    compiled = jax.jit(c.fn).lower(c.params, R, nbrs).compile()
+    seconds = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    if isinstance(cost, list | tuple):
+        cost = cost[0] if cost else {}
+    flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    mem = compiled.memory_analysis()
+    xla_bytes = float("nan")
+    if mem is not None:
+        xla_bytes = (
+            mem.argument_size_in_bytes
+            + mem.output_size_in_bytes
+            + mem.temp_size_in_bytes
+            - getattr(mem, "alias_size_in_bytes", 0)
+        )
+    return compiled, seconds, flops, xla_bytes
+
+
+# ----------------------------------------------------------------------------------------------
+# One cell
+# ----------------------------------------------------------------------------------------------
+
+
+def build_system(num_atoms: int, skin: float = 0.0):
+    from jax_md import partition, space
+
+    pos, z, side = water_box(molecules_per_side(num_atoms))
+    displacement, _ = space.periodic(side)
+    jax.clear_caches()  # jax-md 0.2.29 dislikes building two systems in one process otherwise
+    neighbor_fn = partition.neighbor_list(
+        displacement,
+        side,
+        CUTOFF,
+        dr_threshold=skin,
+        capacity_multiplier=1.25,
+        format=partition.Sparse,
+    )
+    R = jnp.asarray(pos, jnp.float32)
+    nbrs = neighbor_fn.allocate(R)
+    real = int(jnp.sum(nbrs.idx[0] < len(z)))
+    return displacement, side, z, R, nbrs, real, neighbor_fn
+
+
+def run_cell(size, num_atoms, names, rounds, mem_limit, peak, check=True, skin=0.0):
+    displacement, side, z, R, nbrs, real_edges, neighbor_fn = build_system(num_atoms, skin)
+    n = len(z)
+    avg_nb = real_edges / n
+    contenders, config = build_contenders(size, names, displacement, side, z, R, nbrs, avg_nb)
+    info = dict(size=size, atoms=n, edges=int(nbrs.idx.shape[1]), real_edges=real_edges)
+    rows = {}
+    compiled = {}
+    for name, c in contenders.items():
+        try:
+            fn, secs, flops, xla_bytes = compile_contender(c, R, nbrs)
+        except Exception as exc:  # noqa: BLE001 - report (e.g. out of memory) and go on
+            rows[name] = dict(error=f"{type(exc).__name__}: {str(exc)[:100]}")
+            continue
+        rows[name] = dict(compile_s=secs, flops=flops, xla_gib=xla_bytes / 2**30)
+        if xla_bytes > mem_limit:
+            rows[name]["error"] = f"needs {xla_bytes / 2**30:.1f} GiB (XLA) - does not fit"
+            continue
+        base = _rss_bytes()
+        have_reset = _peak_rss_reset()
+        try:
+            energy, _ = jax.block_until_ready(fn(c.params, R, nbrs))  # warm-up
+        except Exception as exc:  # noqa: BLE001
+            rows[name]["error"] = f"{type(exc).__name__}: {str(exc)[:100]}"
+            continue
+        rows[name]["rss_gib"] = (_peak_rss_bytes() - base) / 2**30 if have_reset else float("nan")
+        rows[name]["energy"] = float(energy)
+        compiled[name] = fn
+    if check and "e3md" in rows and "e3x Fused" in rows:
+        e1, e2 = rows["e3md"].get("energy"), rows["e3x Fused"].get("energy")
+        if e1 is not None and e2 is not None:
+            info["e3md_vs_e3x_rel"] = abs(e1 - e2) / max(abs(e1), 1e-30)
+    times = {k: [] for k in compiled}
+    for _ in range(rounds):
+        for name, fn in compiled.items():
+            c = contenders[name]
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(c.params, R, nbrs))
+            times[name].append(time.perf_counter() - t0)
+    ideal = ideal_flops(config, n, real_edges)
+    info["ideal_gflop"] = ideal / 1e9
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        r = rows[name]
+        r["seconds"] = med
+        r["atom_steps"] = n / med
+        r["pct_peak"] = 100 * r["flops"] / med / peak
+        r["useful_pct_peak"] = 100 * ideal / med / peak if name.startswith("e3") else float("nan")
+    if "nequip" in times:
+        for name in times:
+            rows[name]["x_nequip"] = rows[name]["atom_steps"] / rows["nequip"]["atom_steps"]
+    del neighbor_fn
+    return info, rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Profile: where e3md's energy+forces time goes
+# ----------------------------------------------------------------------------------------------
+
+
+def _time_compiled(fn, args, rounds):
+    compiled = jax.jit(fn).lower(*args).compile()
+    jax.block_until_ready(compiled(*args))
+    ts = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def profile(size: str, num_atoms: int, rounds: int = 5):
+    """Time e3md's building blocks at the shapes of one benchmark cell, forward and
+    forward+backward (vector-Jacobian product with a random cotangent), each jitted alone.
+
+    Returns rows ``(component, fwd ms, fwd+bwd ms)``; the whole model is the last row.
+    """
+    from e3md.potentials.model import _cutoff_fn, _radial_fn, init_params, species_index
+
+    import e3md.nn as enn
+    from e3md.graph import edge_vectors
+
+    displacement, side, z, R, nbrs, real_edges, _ = build_system(num_atoms)
+    n = len(z)
+    config = e3md_config(size, real_edges / n)
+    L, F, K = config.max_degree, config.num_features, config.num_basis
+    lm = (L + 1) ** 2
+    e = nbrs.idx.shape[1]
+    rng = np.random.default_rng(0)
+    key = jax.random.PRNGKey(0)
+
+    def normal(*shape):
+        return jnp.asarray(rng.normal(size=shape), jnp.float32)
+
+    def vjp_of(f):
+        def g(*args):
+            out, pull = jax.vjp(f, *args)
+            ct = jax.tree_util.tree_map(jnp.ones_like, out)
+            return pull(ct)
+
+        return g
+
+    src = jnp.clip(nbrs.idx[1], 0, n - 1)
+    dst = jnp.clip(nbrs.idx[0], 0, n - 1)
+    r_ij, *_ = edge_vectors(displacement, R, nbrs.idx)
+    basis = enn.basis(r_ij, L, K, _radial_fn(config), _cutoff_fn(config))
+    parts = []
+
+    def add(name, f, *args):
+        parts.append(
+            (
+                name,
+                _time_compiled(f, args, rounds) * 1e3,
+                _time_compiled(vjp_of(f), args, rounds) * 1e3,
+            )
+        )
+
+    add("edge vectors (displacement)", lambda R: edge_vectors(displacement, R, nbrs.idx)[0], R)
+    add(
+        "basis (norm, Y_lm, Bessel, cutoff)",
+        lambda r: enn.basis(r, L, K, _radial_fn(config), _cutoff_fn(config)),
+        r_ij,
+    )
+    filt = enn.Dense(F)
+    pf = filt.init(key, basis)
+    add(f"filter Dense [E,{lm},{K}]->[E,{lm},{F}]", lambda p, b: filt.apply(p, b), pf, basis)
+    for lin, lout in ((0, L), (L, 0)):
+        x = normal(n, 1, (lin + 1) ** 2, F)
+        add(f"gather x[src] [E,{(lin + 1) ** 2},{F}]", lambda x: jnp.take(x, src, axis=0), x)
+        ft = enn.FusedTensor(max_degree=lout, include_pseudotensors=False)
+        a, b = normal(e, 1, lm, F), normal(e, 1, (lin + 1) ** 2, F)
+        pt = ft.init(key, a, b)
+        add(
+            f"FusedTensor per edge L{L} x L{lin} -> L{lout}",
+            lambda p, a, b, ft=ft: ft.apply(p, a, b),
+            pt,
+            a,
+            b,
+        )
+        m = normal(e, 1, (lout + 1) ** 2, F)
+        add(
+            f"segment sum [E,{(lout + 1) ** 2},{F}]->[N]",
+            lambda m: jax.ops.segment_sum(m, dst, num_segments=n),
+            m,
+        )
+    x = normal(n, 1, lm, F)
+    d = enn.Dense(F)
+    pd = d.init(key, x)
+    add(f"node Dense [N,{lm},{F}] (x4 per iteration)", lambda p, x: d.apply(p, x), pd, x)
+    ft = enn.FusedTensor(max_degree=L, include_pseudotensors=False)
+    pt = ft.init(key, x, x)
+    add(f"node self-product FusedTensor L{L}", lambda p, x: ft.apply(p, x, x), pt, x)
+    params = init_params(config, key)
+    zi = jnp.asarray(species_index(config, z))
+    from e3md.potentials.model import atomic_energies
+
+    def whole(p, R):
+        r, s, t, msk = edge_vectors(displacement, R, nbrs.idx)
+        return jnp.sum(atomic_energies(config, p, r, zi, s, t, msk, jnp.ones(n, bool)))
+
+    add("WHOLE MODEL (energy; fwd+bwd = energy+forces+param grads)", whole, params, R)
+    return dict(size=size, atoms=n, edges=e, real_edges=real_edges), parts
+
+
+def _fmt(rows, name):
+    r = rows.get(name)
+    if r is None:
+        return "-"
+    if "seconds" not in r:
+        return r.get("error", "-")
+    s = f"{r['atom_steps']:.3g}"
+    if "x_nequip" in r and name != "nequip":
+        s += f" ({r['x_nequip']:.2f}x)"
+    s += f", {r['pct_peak']:.1f}%"
+    if not math.isnan(r.get("useful_pct_peak", float("nan"))):
+        s += f" (useful {r['useful_pct_peak']:.1f}%)"
+    s += f", {r['xla_gib']:.2f}/{r['rss_gib']:.2f} GiB, {r['compile_s']:.1f}s"
+    return s
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="192 atoms only, 5 rounds")
+    ap.add_argument("--large", action="store_true", help="add 12288 atoms and ~100k (small)")
+    ap.add_argument("--atoms", default=None, help="comma-separated atom counts (overrides)")
+    ap.add_argument("--sizes", default="small,medium")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--mem-limit-gib", type=float, default=None)
+    ap.add_argument("--skin", type=float, default=0.0, help="neighbour-list skin, Å")
+    ap.add_argument("--json", default=None, help="also write the raw results to this file")
+    ap.add_argument("--profile", action="store_true", help="time e3md's components instead")
+    args = ap.parse_args(argv)
+    names = [s.strip() for s in args.models.split(",") if s.strip()]
+    unknown = sorted(set(names) - set(MODELS))
+    if unknown:
+        ap.error(f"unknown models {unknown}; choose from {MODELS}")
+    sizes = [s.strip() for s in args.sizes.split(",")]
+    if args.atoms:
+        atoms = [int(a) for a in args.atoms.split(",")]
+    elif args.quick:
+        atoms = [192]
+    else:
+        atoms = [192, 1536] + ([12288, 98304] if args.large else [])
+    rounds = args.rounds or (5 if args.quick else 7)
+    if args.profile:
+        for size in sizes:
+            for n in atoms:
+                info, parts = profile(size, n, rounds)
+                print(f"# profile {info}")
+                print("| component | fwd ms | fwd+bwd ms |")
+                print("|---|---:|---:|")
+                for name, tf, tb in parts:
+                    print(f"| {name} | {tf:.1f} | {tb:.1f} |", flush=True)
+        return parts
+    mem_limit = (args.mem_limit_gib * 2**30) if args.mem_limit_gib else 0.9 * _available_bytes()
+    peak = matmul_peak_flops()
+    dev = jax.devices()[0]
+    print(
+        f"# jax {jax.__version__} on {dev.platform} ({dev.device_kind}),"
+        f" {platform.processor() or '?'}"
+        f" x{os.cpu_count()}, float32, median of {rounds} interleaved rounds;"
+        f" matmul peak (2048^3 f32, this run) {peak / 1e9:.0f} GFLOP/s;"
+        f" load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+    print("# cell: atom-steps/s (x nequip), % of matmul peak from XLA FLOPs (useful = ideal")
+    print("#   FLOPs of e3md's function), XLA/RSS-growth GiB, compile s")
+    header = "| atoms | size | " + " | ".join(names) + " | edges (real) | ideal GFLOP |"
+    print(header)
+    print("|" + "---|" * (len(names) + 4), flush=True)
+    results = []
+    for size in sizes:
+        for n in atoms:
+            if n > 20000 and size != "small":
+                continue
+            info, rows = run_cell(size, n, names, rounds, mem_limit, peak)
+            results.append(dict(info=info, rows=rows))
+            cells = " | ".join(_fmt(rows, name) for name in names)
+            chk = info.get("e3md_vs_e3x_rel")
+            note = "" if chk is None else f" (E rel diff e3md/e3x {chk:.1e})"
+            print(
+                f"| {info['atoms']} | {size} | {cells} | {info['edges']} ({info['real_edges']})"
+                f" | {info['ideal_gflop']:.2f} |{note}",
+                flush=True,
+            )
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(dict(peak_flops=peak, results=results), fh, indent=1, default=float)
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() is not None else 1)
