@@ -1303,6 +1303,19 @@ def write_outputs(
     }
 
 
+def _e0_note(trainer) -> str:
+    from e3md.data import composition_matrix
+
+    A = composition_matrix(trainer.train_data, trainer.model_config.species)
+    if np.linalg.matrix_rank(A) < A.shape[1]:
+        return (
+            " (the training compositions do not determine each element's E0; this is the "
+            "minimum-norm least-squares solution, and only its sum over a composition "
+            "matters)"
+        )
+    return ""
+
+
 def _split_note(cfg: TrainConfig) -> str:
     if cfg.training.select == "last" and not cfg.training.patience:
         return (
@@ -1356,7 +1369,7 @@ def _model_card(trainer, digest, valid_m, test_m, hardware, data_files, pngs, fo
         f"- {n_params} parameters, {mc.dtype}; cutoff {mc.cutoff} Å, max degree {mc.max_degree}, "
         f"{mc.num_features} features, {mc.num_iterations} message-passing iterations, "
         f"{mc.num_basis} {mc.radial_basis} radial functions, self-product {mc.self_product}",
-        f"- Per-species E0 (least squares on the training set, eV): {e0}",
+        f"- Per-species E0 (least squares on the training set, eV): {e0}" + _e0_note(trainer),
         f"- scale (training force RMS) {mc.scale:.6g} eV, average neighbours "
         f"{mc.avg_num_neighbors:.4g}",
         "",

@@ -78,6 +78,7 @@ def test_from_lists_pairs_predictions_with_references():
         Predictions.from_lists(Dataset(tuple(s)), [0.0], None)
 
 
+@pytest.mark.slow
 def test_evaluate_recovers_known_label_offsets(rng, keys):
     """Label data with a potential's own predictions, shift the labels by known amounts, and
     check that evaluate() reports exactly those shifts."""
