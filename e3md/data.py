@@ -411,18 +411,25 @@ def composition_matrix(data: Dataset, species: Sequence[int]) -> Int[np.ndarray,
     return A
 
 
-def fit_e0(data: Dataset, species: Sequence[int]) -> Float[np.ndarray, " Z"]:
+def fit_e0(
+    data: Dataset, species: Sequence[int], prior: Sequence[float] | None = None
+) -> Float[np.ndarray, " Z"]:
     r"""Per-species reference energies by linear least squares.
 
     .. math::
-       E0 = \arg\min_{e} \sum_s \Big(E_s - \sum_z n_{sz} e_z\Big)^2
+       E0 = e_{\mathrm{prior}} + \arg\min_{e} \sum_s \Big(E_s - \sum_z n_{sz}
+            (e_{\mathrm{prior},z} + e_z)\Big)^2
 
     where :math:`n_{sz}` counts atoms of species z in structure s. When the compositions do not
-    determine every :math:`e_z` (e.g. a single molecule), the minimum-norm solution is used.
+    determine every :math:`e_z` (e.g. a single molecule), the minimum-norm correction is used:
+    E0 stays as close to ``prior`` (isolated-atom energies, see :func:`load_isolated_atoms`) as
+    the data allow, or to zero without a prior. When the compositions do determine every E0,
+    the prior makes no difference.
 
     Args:
       data: training structures with energies (eV).
       species: atomic numbers, one E0 per entry.
+      prior: optional per-species prior E0 in eV, same order as ``species``.
 
     Returns:
       E0 in eV per atom, shape (len(species),).
@@ -430,8 +437,43 @@ def fit_e0(data: Dataset, species: Sequence[int]) -> Float[np.ndarray, " Z"]:
     check_species(data, species)
     A = composition_matrix(data, species).astype(np.float64)
     E = np.array([s.energy for s in data], dtype=np.float64)
-    e0, *_ = np.linalg.lstsq(A, E, rcond=None)
-    return e0
+    base = np.zeros(len(species)) if prior is None else np.asarray(prior, np.float64)
+    if base.shape != (len(species),):
+        raise ValueError(f"prior E0 has shape {base.shape}, expected ({len(species)},)")
+    delta, *_ = np.linalg.lstsq(A, E - A @ base, rcond=None)
+    return base + delta
+
+
+def load_isolated_atoms(
+    path: str | os.PathLike, species: Sequence[int], energy_unit: str = "eV"
+) -> Float[np.ndarray, " Z"]:
+    """Energies of isolated atoms (one single-atom frame per element, extended XYZ).
+
+    Args:
+      path: file with one frame per element (an ``energy`` per frame).
+      species: atomic numbers whose energies are wanted, in this order.
+      energy_unit: declared energy unit of the file.
+
+    Returns:
+      Energies in eV, shape (len(species),).
+
+    Raises:
+      ValueError: a frame with more than one atom or without an energy, an element listed
+        twice with different energies, or an element of ``species`` missing from the file.
+    """
+    frames = load_dataset(path, format="extxyz", energy_unit=energy_unit, require_forces=False)
+    table: dict[int, float] = {}
+    for s in frames:
+        if s.num_atoms != 1:
+            raise ValueError(f"{path}: isolated-atom frames hold one atom, found {s.num_atoms}")
+        z = int(s.numbers[0])
+        if z in table and abs(table[z] - s.energy) > 1e-9:
+            raise ValueError(f"{path}: two different energies for element Z={z}")
+        table[z] = float(s.energy)
+    missing = [ase.data.chemical_symbols[int(z)] for z in species if int(z) not in table]
+    if missing:
+        raise ValueError(f"{path}: no isolated-atom energy for {missing}")
+    return np.array([table[int(z)] for z in species])
 
 
 def force_rms(data: Dataset) -> float:

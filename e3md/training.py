@@ -93,6 +93,11 @@ class DataConfig:
       split_seed: seed of the random train/validation split.
       test: optional held-out file(s) evaluated once at the end (never used for fitting or
         early stopping).
+      isolated_atoms: optional extended XYZ file of isolated-atom energies (one single-atom
+        frame per element) used as the prior of the E0 fit: where the training compositions
+        do not determine each element's E0 (one molecule), E0 stays as close to the
+        isolated-atom energies as the data allow (see :func:`e3md.data.fit_e0`).
+      isolated_atoms_unit: declared energy unit of ``isolated_atoms``.
       level_of_theory: reference method, copied into the model card.
       description: free text for the model card.
     """
@@ -106,6 +111,8 @@ class DataConfig:
     n_valid: int = 50
     split_seed: int = 0
     test: tuple[str, ...] = ()
+    isolated_atoms: str = ""
+    isolated_atoms_unit: str = "eV"
     level_of_theory: str = "unknown"
     description: str = ""
 
@@ -817,7 +824,14 @@ class Trainer:
         energy_fn_factory: Callable | None = None,
         init_fn: Callable | None = None,
     ):
-        from e3md.data import concatenate, fit_e0, force_rms, load_dataset, split_indices
+        from e3md.data import (
+            concatenate,
+            fit_e0,
+            force_rms,
+            load_dataset,
+            load_isolated_atoms,
+            split_indices,
+        )
         from e3md.potentials.config import ModelConfig
 
         self.config = cfg = config
@@ -858,7 +872,13 @@ class Trainer:
         species = tuple(cfg.model.get("species", data.species))
         model_kw = {k: v for k, v in cfg.model.items() if k != "species"}
         base = ModelConfig(species=species, **model_kw)
-        e0 = fit_e0(self.train_data, species)
+        prior = None
+        if dc.isolated_atoms:
+            self.isolated_atoms_file = resolve_path(dc.isolated_atoms, cfg.config_dir)
+            prior = load_isolated_atoms(
+                self.isolated_atoms_file, species, energy_unit=dc.isolated_atoms_unit
+            )
+        e0 = fit_e0(self.train_data, species, prior)
         scale = force_rms(self.train_data)
         self.e0 = e0
         graphs = [build_graph(s, base.cutoff) for s in self.train_data]
@@ -1307,13 +1327,19 @@ def _e0_note(trainer) -> str:
     from e3md.data import composition_matrix
 
     A = composition_matrix(trainer.train_data, trainer.model_config.species)
-    if np.linalg.matrix_rank(A) < A.shape[1]:
+    if np.linalg.matrix_rank(A) >= A.shape[1]:
+        return ""
+    if trainer.config.data.isolated_atoms:
         return (
-            " (the training compositions do not determine each element's E0; this is the "
-            "minimum-norm least-squares solution, and only its sum over a composition "
-            "matters)"
+            " (the training compositions do not determine each element's E0: these are the "
+            f"isolated-atom energies of `{trainer.config.data.isolated_atoms}` plus the "
+            "smallest least-squares correction; only their sum over a composition matters)"
         )
-    return ""
+    return (
+        " (the training compositions do not determine each element's E0; this is the "
+        "minimum-norm least-squares solution, and only its sum over a composition "
+        "matters)"
+    )
 
 
 def _split_note(cfg: TrainConfig) -> str:

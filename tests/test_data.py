@@ -13,6 +13,7 @@ from e3md.data import (
     fit_e0,
     force_rms,
     load_dataset,
+    load_isolated_atoms,
     split_indices,
 )
 from e3md.training import build_graph
@@ -230,6 +231,51 @@ def test_e0_least_squares_recovers_known_shifts(tmp_path, rng):
         species,
     )
     np.testing.assert_allclose(e0_shift - e0, 0.5, atol=1e-9)
+
+
+def test_e0_prior_fills_only_what_the_data_leave_open(tmp_path, rng):
+    """One composition fixes only sum_z n_z E0_z: the prior (isolated atoms) sets the rest,
+    and with compositions that fix every E0 the prior changes nothing."""
+    species = (1, 6, 8)
+    iso = [
+        _atoms(rng, "H", energy=-13.6),
+        _atoms(rng, "C", energy=-1025.3),
+        _atoms(rng, "O", energy=-2035.6),
+    ]
+    for a in iso:
+        a.positions[:] = 0.0
+    ase.io.write(tmp_path / "iso.xyz", iso, format="extxyz")
+    prior = load_isolated_atoms(tmp_path / "iso.xyz", species)
+    np.testing.assert_allclose(prior, [-13.6, -1025.3, -2035.6])
+
+    counts = np.array([6, 2, 1])  # ethanol
+    frames = [_atoms(rng, "C2H6O", energy=-4209.0 + 0.1 * rng.normal()) for _ in range(5)]
+    ase.io.write(tmp_path / "eth.xyz", frames, format="extxyz")
+    data = load_dataset(tmp_path / "eth.xyz")
+    e0 = fit_e0(data, species, prior)
+    mean_e = np.mean([s.energy for s in data])
+    assert counts @ e0 == pytest.approx(mean_e, abs=1e-9)  # fits the data
+    # the correction is the minimum-norm one: parallel to the composition
+    delta = e0 - prior
+    np.testing.assert_allclose(delta, counts * (mean_e - counts @ prior) / (counts @ counts))
+    # without the prior: the minimum-norm E0 itself, far from atomic energies
+    assert not np.allclose(fit_e0(data, species), e0, atol=1.0)
+
+    # full-rank compositions: the prior does not matter
+    mixed = [_atoms(rng, sym, energy=float(e)) for sym, e in
+             [("CH4", -1080.0), ("H2O", -2063.0), ("CO2", -5098.0), ("C2H6O", -4209.0)]]
+    ase.io.write(tmp_path / "mixed.xyz", mixed, format="extxyz")
+    mixed = load_dataset(tmp_path / "mixed.xyz")
+    np.testing.assert_allclose(fit_e0(mixed, species, prior), fit_e0(mixed, species), atol=1e-8)
+
+
+def test_isolated_atoms_file_errors(tmp_path, rng):
+    ase.io.write(tmp_path / "iso.xyz", [_atoms(rng, "H", energy=-13.6)], format="extxyz")
+    with pytest.raises(ValueError, match=r"no isolated-atom energy for \['C'\]"):
+        load_isolated_atoms(tmp_path / "iso.xyz", (1, 6))
+    ase.io.write(tmp_path / "two.xyz", [_atoms(rng, "H2", energy=-27.0)], format="extxyz")
+    with pytest.raises(ValueError, match="one atom"):
+        load_isolated_atoms(tmp_path / "two.xyz", (1,))
 
 
 def test_force_rms(tmp_path, rng):
