@@ -192,17 +192,36 @@ def test_fused_tensor_second_order_grads_match_e3x(rng):
     np.testing.assert_allclose(second(ours), second(ref), atol=1e-9)
 
 
-@pytest.mark.parametrize("strategy", ["unrolled", "sparse", "dense"])
+@pytest.mark.parametrize("strategy", [None, "coupling", "unrolled", "sparse", "dense"])
 def test_fused_tensor_strategies_agree_with_e3x(rng, monkeypatch, strategy):
     import e3md.nn.tensor as tensor_module
 
     monkeypatch.setattr(tensor_module, "_CONTRACTION", strategy)
-    for p1, p2, pseudo, (l1, l2, l3) in [(2, 2, True, (2, 3, 3)), (1, 1, False, (3, 2, 4))]:
+    cases = [
+        (2, 2, True, (2, 3, 3)),
+        (1, 1, False, (3, 2, 4)),
+        # degenerate products of message passing: filter x scalars, projection to scalars
+        (1, 1, False, (2, 0, 2)),
+        (1, 1, False, (2, 2, 0)),
+        (2, 1, True, (1, 0, 1)),
+    ]
+    for p1, p2, pseudo, (l1, l2, l3) in cases:
         x, y = _features(rng, p1, l1), _features(rng, p2, l2)
         ref = e3x.nn.FusedTensor(max_degree=l3, include_pseudotensors=pseudo)
         params = _randomised(ref.init(jax.random.PRNGKey(0), x, y), rng)
         out = FusedTensor(max_degree=l3, include_pseudotensors=pseudo).apply(params, x, y)
         np.testing.assert_allclose(out, ref.apply(params, x, y), atol=1e-10)
+
+
+def test_coupling_strategy_is_chosen_for_degenerate_products_only():
+    from e3md.nn.tensor import _coupling_support, _default_strategy
+
+    # a degree-2 filter times scalars couples each entry with itself: 9 terms
+    assert _coupling_support(1, 1, 2, 0, 2, False, True).sum() == 9
+    assert _default_strategy(1, 1, 2, 0, 2, False, True) == "coupling"
+    assert _default_strategy(1, 1, 2, 2, 0, False, True) == "coupling"
+    assert _default_strategy(1, 1, 2, 2, 2, False, True) == "unrolled"
+    assert _default_strategy(2, 2, 2, 2, 2, True, True) == "sparse"
 
 
 def test_fused_tensor_forward_mode_matches_reverse_mode(rng):
