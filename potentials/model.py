@@ -171,14 +171,18 @@ class EnergyModel(nn.Module):
         r_ij = jnp.where(mask[:, None], jnp.asarray(r_ij, dtype), safe)
         z = jnp.where(atom_mask, species_index, 0)
 
-        # --- edge basis [E, 1, (L+1)^2, K] ------------------------------------------------
-        basis = enn.basis(
+        # --- edge basis, as its factors g_k u [E, K] and Y_lm [E, 1, (L+1)^2] ----------------
+        # (MessagePass contracts the radial factor with its filter weights once per degree,
+        # then multiplies by Y: the same function as the [E, 1, (L+1)^2, K] product basis)
+        radial, angular = enn.basis(
             r_ij,
             max_degree=L,
             num=cfg.num_basis,
             radial_fn=_radial_fn(cfg),
             cutoff_fn=_cutoff_fn(cfg),
-        ).astype(dtype)
+            factored=True,
+        )
+        basis = (radial.astype(dtype), angular.astype(dtype))
         # exact zeros for padded edges; 1/n̄ normalisation folded into the same multiply
         weights = (mask.astype(dtype) / cfg.avg_num_neighbors)[:, None, None, None]
 

@@ -75,6 +75,20 @@ def test_basis_extras_and_damping_match_e3x(rng):
     np.testing.assert_allclose(norm, ref_norm, rtol=1e-14)
 
 
+def test_factored_basis_multiplies_to_the_basis(rng):
+    r = _edges(rng, jnp.float64)
+    radial = functools.partial(nn.bessel, limit=CUTOFF)
+    cutoff = functools.partial(nn.smooth_cutoff, cutoff=CUTOFF)
+    damping = lambda d: 1 - jnp.exp(-(d**2))
+    full, norm = nn.basis(r, 2, 5, radial, cutoff, damping_fn=damping, return_norm=True)
+    rad, ang, norm2 = nn.basis(
+        r, 2, 5, radial, cutoff, damping_fn=damping, return_norm=True, factored=True
+    )
+    assert rad.shape == (*r.shape[:-1], 5) and ang.shape == (*r.shape[:-1], 1, 9)
+    np.testing.assert_allclose(ang[..., :, None] * rad[..., None, None, :], full, atol=1e-14)
+    np.testing.assert_allclose(norm2, norm)
+
+
 def test_basis_zero_vector_and_cutoff(rng):
     r = _edges(rng, jnp.float64)
     b = nn.basis(

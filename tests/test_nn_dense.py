@@ -60,6 +60,17 @@ def test_dense_is_equivariant(rng):
     np.testing.assert_allclose(layer.apply(params, rot(x)), rot(layer.apply(params, x)), atol=1e-12)
 
 
+def test_dense_per_degree_rows_equal_repeated_orders(rng):
+    """One row per degree gives what the full layout gives with the row repeated over m."""
+    rows = jnp.asarray(rng.normal(size=(7, 2, 3, 5)))  # P=2, L=2
+    degrees = np.repeat(np.arange(3), 2 * np.arange(3) + 1)
+    layer = nn.Dense(4)
+    params = layer.init(jax.random.PRNGKey(1), rows[:, :, degrees])
+    full = layer.apply(params, rows[:, :, degrees])
+    per = layer.apply(params, rows, per_degree=True)
+    np.testing.assert_allclose(per[:, :, degrees], full, atol=1e-12)
+
+
 def test_dense_rejects_bad_shapes(rng):
     with pytest.raises(ValueError, match="axis -2"):
         _shapes(nn.Dense(2), jnp.ones((2, 1, 5, 3)))

@@ -93,6 +93,34 @@ def test_sparse_matches_e3x(dtype, parity, in_degree, basis_degree, max_degree, 
     np.testing.assert_allclose(got / scale, expected / scale, rtol=tol, atol=tol)
 
 
+@functools.partial(jax.jit, static_argnums=3)
+def _edge_basis_factors(pos, dst, src, basis_degree):
+    padded = jnp.concatenate([pos, jnp.zeros((1, 3), pos.dtype)])
+    r = padded[src] - padded[dst]
+    return nn.basis(r, basis_degree, K, RADIAL, CUT, factored=True)
+
+
+@pytest.mark.parametrize("parity, in_degree, basis_degree", [(1, 0, 2), (1, 2, 2), (2, 1, 3)])
+def test_factored_basis_matches_e3x(parity, in_degree, basis_degree, rng):
+    """Filters from the radial factor per degree times Y: the same function, same parameters,
+    as e3x's Dense over the full product basis."""
+    pos, x, dst, src = _system(rng, jnp.float64, parity, in_degree)
+    b = _edge_basis(pos, dst, src, basis_degree)
+    factors = _edge_basis_factors(pos, dst, src, basis_degree)
+    ref = e3x.nn.MessagePass(use_fused_tensor=True, param_dtype=jnp.float64)
+    ours = MessagePass(param_dtype=jnp.float64)
+    idx = dict(dst_idx=dst, src_idx=src)
+    assert _shapes(ours, x, factors, **idx) == _shapes(ref, x, b, **idx)
+    params = _random_params(ref, rng, x, b, **idx)
+    w = jnp.asarray(rng.uniform(size=(dst.shape[0], 1, 1, 1)))
+    expected = _sparse(ref, params, x, b, w, dst, src)
+    got = _sparse(ours, params, x, factors, w, dst, src)
+    scale = float(jnp.max(jnp.abs(expected)))
+    np.testing.assert_allclose(got / scale, expected / scale, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="use_basis_bias"):
+        MessagePass(use_basis_bias=True).init(jax.random.PRNGKey(0), x, factors, **idx)
+
+
 def test_dense_matches_sparse_and_e3x(rng):
     pos, x, dst, src = _system(rng)
     dst_np, src_np = np.asarray(dst), np.asarray(src)

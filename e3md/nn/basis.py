@@ -31,6 +31,7 @@ def basis(
     return_cutoff: bool = False,
     return_norm: bool = False,
     cartesian_order: bool = True,
+    factored: bool = False,
 ) -> Float[Array, "... 1 LM K"] | tuple[Array, ...]:
     r"""Radial-angular basis functions of edge vectors (e3x's ``e3x.nn.basis``).
 
@@ -59,10 +60,18 @@ def basis(
       return_cutoff: also return the cutoff values ``[...]`` (needs ``cutoff_fn``).
       return_norm: also return the norms ``[...]`` in Å.
       cartesian_order: e3x's Cartesian ordering of the degree-1 (and higher) components.
+      factored: return the two factors of the (rank-one per edge) basis instead of their
+        product: ``(radial [..., K], angular [..., 1, (L+1)**2])`` with
+        ``basis = angular[..., :, None] * radial[..., None, None, :]``; the radial factor holds
+        :math:`g_k u`, the angular one :math:`Y_\ell^m` (times :math:`d` for
+        :math:`\ell > 0`). :class:`e3md.nn.MessagePass` takes this pair and contracts the
+        radial part with its filter weights *before* multiplying by :math:`Y`, which saves
+        the :math:`(L+1)^2/(L+1)` redundant filter work.
 
     Returns:
       The basis ``[..., 1, (L+1)**2, K]`` (a parity axis of size 1 is inserted for the feature
-      layout), followed by the cutoff values and/or norms if requested.
+      layout) or, with ``factored``, the pair ``(radial, angular)``; followed by the cutoff
+      values and/or norms if requested.
 
     Raises:
       ValueError: if ``r`` is not ``[..., 3]``, ``max_degree < 0``, or ``return_cutoff``
@@ -83,14 +92,18 @@ def basis(
         cut = cutoff_fn(norm)
         radial = radial * cut[..., None]
     ylm = angular_fn(r=unit, max_degree=max_degree, cartesian_order=cartesian_order)
-    out = ylm[..., :, None] * radial[..., None, :]  # [..., LM, K]
     if damping_fn is not None and max_degree > 0:
-        damp = damping_fn(norm)[..., None, None]
-        out = jnp.concatenate([out[..., :1, :], out[..., 1:, :] * damp], axis=-2)
-    out = out[..., None, :, :]
+        damp = damping_fn(norm)[..., None]
+        ylm = jnp.concatenate([ylm[..., :1], ylm[..., 1:] * damp], axis=-1)
+    if factored:
+        out = (radial, ylm[..., None, :])
+    else:
+        out = (ylm[..., :, None] * radial[..., None, :])[..., None, :, :]  # [..., 1, LM, K]
     extras = ()
     if return_cutoff:
         extras += (cut,)
     if return_norm:
         extras += (norm,)
+    if factored:
+        return (*out, *extras) if extras else out
     return (out, *extras) if extras else out

@@ -109,19 +109,34 @@ class Dense(nn.Module):
         )
 
     @nn.compact
-    def __call__(self, inputs: Float[Array, "... P LM F_in"]) -> Float[Array, "... P LM F_out"]:
-        """Applies the map.
+    def __call__(
+        self, inputs: Float[Array, "... P LM F_in"], *, per_degree: bool = False
+    ) -> Float[Array, "... P LM F_out"]:
+        r"""Applies the map.
 
         Args:
-          inputs: features ``[..., P, (L+1)**2, F_in]``, ``P`` in {1, 2}.
+          inputs: features ``[..., P, (L+1)**2, F_in]``, ``P`` in {1, 2}; with ``per_degree``
+            one row per degree instead, ``[..., P, L+1, F_in]``: the values shared by all
+            :math:`2\ell+1` orders of degree :math:`\ell` (e.g. a radial function), which the
+            map treats as if they were repeated over the orders -- same parameters, a
+            ``(L+1)**2 / (L+1)`` times smaller matmul.
+          per_degree: see ``inputs``.
 
         Returns:
-          Features ``[..., P, (L+1)**2, features]``.
+          Features ``[..., P, (L+1)**2, features]`` (``[..., P, L+1, features]`` with
+          ``per_degree``).
 
         Raises:
           ValueError: if ``inputs`` is not a valid feature array.
         """
-        max_degree = max_degree_of(inputs.shape)
+        if per_degree:
+            if inputs.ndim < 3 or inputs.shape[-3] not in (1, 2):
+                raise ValueError(
+                    f"per-degree inputs need shape (..., P, L+1, F), received {inputs.shape}"
+                )
+            max_degree = inputs.shape[-2] - 1
+        else:
+            max_degree = max_degree_of(inputs.shape)
         degrees = range(max_degree + 1)
         if inputs.shape[-3] == 1:
             names = [f"{l}{'+-'[l % 2]}" for l in degrees]
@@ -130,9 +145,14 @@ class Dense(nn.Module):
             channels = [(0, [f"{l}+" for l in degrees]), (1, [f"{l}-" for l in degrees])]
         out = []
         for p, names in channels:
+            rows = (
+                (lambda l: slice(l, l + 1))
+                if per_degree
+                else (lambda l: slice(l * l, (l + 1) ** 2))
+            )
             blocks = [
                 self._linear(names[l], self.use_bias and p == 0 and l == 0)(
-                    inputs[..., p, l * l : (l + 1) ** 2, :]
+                    inputs[..., p, rows(l), :]
                 )
                 for l in degrees
             ]

@@ -6,6 +6,7 @@ Parameter tree (identical to e3x's, so e3x parameters apply unchanged)::
      'fused_tensor': <FusedTensor tree>}              # or 'tensor' with use_fused_tensor=False
 """
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -28,6 +29,23 @@ def _broadcastable(target: tuple[int, ...], shape: tuple[int, ...]) -> bool:
         return np.broadcast_shapes(target, shape) == tuple(target)
     except ValueError:
         return False
+
+
+def _factored_filters(dense: Dense, radial, angular):
+    """``Dense(angular ⊗ radial)`` computed as ``angular * Dense_per_degree(radial)``."""
+    num_degrees = round(math.sqrt(angular.shape[-1]))
+    rows = jnp.broadcast_to(
+        radial[..., None, None, :], (*radial.shape[:-1], 1, num_degrees, radial.shape[-1])
+    )
+    r = dense(rows, per_degree=True)  # [..., 1, L+1, F]
+    r = jnp.concatenate(
+        [
+            jnp.broadcast_to(r[..., l : l + 1, :], (*r.shape[:-2], 2 * l + 1, r.shape[-1]))
+            for l in range(num_degrees)
+        ],
+        axis=-2,
+    )
+    return r * angular[..., None].astype(r.dtype)
 
 
 class MessagePass(nn.Module):
@@ -101,7 +119,7 @@ class MessagePass(nn.Module):
     def __call__(
         self,
         inputs: Float[Array, "... N P LM F"],
-        basis: Float[Array, "... 1 LMb K"],
+        basis: Float[Array, "... 1 LMb K"] | tuple[Array, Array],
         weights: Float[Array, "..."] | None = None,
         *,
         adj_idx: Integer[Array, "... N M"] | None = None,
@@ -116,7 +134,11 @@ class MessagePass(nn.Module):
         Args:
           inputs: node features ``x[..., N, P, (L+1)**2, F]``.
           basis: edge basis, ``[..., N, M, 1, LMb, K]`` (dense) or ``[..., E, 1, LMb, K]``
-            (sparse).
+            (sparse); or its factors ``(radial [..., K], angular [..., 1, LMb])`` from
+            ``e3md.nn.basis(..., factored=True)``: the same function with the same parameters,
+            but the filter weights contract the radial part once per degree and the result is
+            multiplied by the angular part, instead of contracting all ``LMb`` rows (not with
+            ``use_basis_bias``).
           weights: optional edge weights, broadcastable to the gathered inputs
             (``[..., N, M, P, LM, F]`` or ``[..., E, P, LM, F]``), e.g. ``w[E, 1, 1, 1]``.
           adj_idx: dense neighbour list.
@@ -154,9 +176,22 @@ class MessagePass(nn.Module):
                     f"inputs of shape {gathered.shape}"
                 )
             gathered = gathered * weights
-        if basis.shape[:-3] != gathered.shape[:-3]:
+        factored = isinstance(basis, tuple | list)
+        if factored:
+            radial, angular = basis
+            edge_shape, shown = angular.shape[:-2], (radial.shape, angular.shape)
+            if radial.shape[:-1] != edge_shape:
+                raise ValueError(
+                    f"basis factors of shapes {shown} do not match each other (expected "
+                    "radial [..., K] and angular [..., 1, LMb] over the same edges)"
+                )
+            if self.use_basis_bias:
+                raise ValueError("a factored basis cannot be used with use_basis_bias=True")
+        else:
+            edge_shape, shown = basis.shape[:-3], basis.shape
+        if edge_shape != gathered.shape[:-3]:
             raise ValueError(
-                f"basis of shape {basis.shape} does not match the edges of the index list "
+                f"basis of shape {shown} does not match the edges of the index list "
                 f"(expected leading shape {gathered.shape[:-3]})"
             )
         if num_segments is None:
@@ -164,7 +199,7 @@ class MessagePass(nn.Module):
         if adj_idx is not None and where is None:
             where = adj_idx < num_nodes
 
-        filters = Dense(
+        dense = Dense(
             features=inputs.shape[-1],
             use_bias=self.use_basis_bias,
             dtype=self.dtype,
@@ -173,7 +208,11 @@ class MessagePass(nn.Module):
             kernel_init=self.dense_kernel_init,
             bias_init=self.dense_bias_init,
             name="filter",
-        )(basis)
+        )
+        if factored:
+            filters = _factored_filters(dense, radial, angular)
+        else:
+            filters = dense(basis)
         products = self._tensor()(filters, gathered)
         return indexed_sum(
             products,
