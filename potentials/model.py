@@ -235,9 +235,7 @@ def init_params(config: ModelConfig, key: jax.Array) -> dict:
     src = jnp.asarray([1, 0], jnp.int32)
     dst = jnp.asarray([0, 1], jnp.int32)
     ones = jnp.ones(2, bool)
-    params = _jitted_init(config)(key, r, z, src, dst, ones, ones)
-    # every parameter in config.dtype, whatever a layer's own param_dtype handling does
-    return jax.tree_util.tree_map(lambda p: jnp.asarray(p, dtype), params)
+    return _jitted_init(config)(key, r, z, src, dst, ones, ones)
 
 
 @functools.lru_cache(maxsize=16)

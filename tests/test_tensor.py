@@ -230,3 +230,13 @@ def test_fused_tensor_forward_mode_matches_reverse_mode(rng):
     params = m.init(jax.random.PRNGKey(0), x, y)
     f = lambda x: m.apply(params, x, y)
     np.testing.assert_allclose(jax.jacfwd(f)(x), jax.jacrev(f)(x), atol=1e-12)
+
+
+@pytest.mark.parametrize("param_dtype", [jnp.float32, jnp.float64])
+def test_fused_tensor_kernels_have_param_dtype(param_dtype):
+    """Every kernel in param_dtype, also where e3x's per-degree output variance is a float64
+    array (the suite runs with x64 enabled, where that used to promote four kernels)."""
+    x = jnp.ones((3, 1, 9, 4), jnp.float32)
+    layer = FusedTensor(max_degree=2, include_pseudotensors=False, param_dtype=param_dtype)
+    params = layer.init(jax.random.PRNGKey(0), x, x)["params"]
+    assert {str(v.dtype) for v in params.values()} == {jnp.dtype(param_dtype).name}

@@ -34,7 +34,7 @@ _TRUNCATED_NORMAL_STDDEV = 0.87962566103423978
 
 def _truncated_normal(key, shape, variance, dtype):
     dtype = jax.dtypes.canonicalize_dtype(dtype)
-    stddev = jnp.sqrt(variance) / jnp.array(_TRUNCATED_NORMAL_STDDEV, dtype)
+    stddev = jnp.sqrt(jnp.asarray(variance, dtype)) / jnp.array(_TRUNCATED_NORMAL_STDDEV, dtype)
     return stddev * jax.random.truncated_normal(key, -2, 2, shape, dtype)
 
 
@@ -43,7 +43,7 @@ def fused_tensor_normal(scale: Any = 1.0, mask: Any = True, dtype: Dtype = jnp.f
     zero where ``mask`` is False."""
 
     def init(key, shape, dtype=dtype):
-        return jnp.where(mask, _truncated_normal(key, shape, scale, dtype), 0)
+        return jnp.where(mask, _truncated_normal(key, shape, scale, dtype), 0).astype(dtype)
 
     return init
 
