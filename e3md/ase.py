@@ -1,8 +1,9 @@
 r"""ASE calculator: any e3md potential as a drop-in ``ase.calculators.calculator.Calculator``.
 
-The adapter only converts layouts and units. Neighbours come from vesin (full list with integer
-cell shifts :math:`S`, so free molecules, slabs with mixed periodicity and cells smaller than
-twice the cutoff are all handled by periodic images); the edge vector from receiver :math:`i`
+The adapter only converts layouts and units. Neighbours come from vesin
+(:func:`e3md.neighbors.host_neighbors`: full list with integer cell shifts :math:`S`, so free
+molecules, slabs with mixed periodicity and cells smaller than twice the cutoff are all handled
+by periodic images); the edge vector from receiver :math:`i`
 to sender :math:`j` is
 
 .. math::
@@ -16,7 +17,8 @@ that is zero in value and only exists to be differentiated. One jitted function 
   \sigma = \frac{1}{V}\frac{\partial E}{\partial \varepsilon}\Big|_{\varepsilon=0}
 
 (eV, eV/Å, eV/Å³; ASE's sign: positive stress is tensile). Atoms and edges are padded to size
-buckets (:func:`bucket_size`), so a relaxation or an ASE MD run compiles once per bucket.
+buckets (:func:`e3md.neighbors.bucket_size`), so a relaxation or an ASE MD run compiles once
+per bucket.
 """
 
 import functools
@@ -27,14 +29,15 @@ import ase.units
 import jax
 import jax.numpy as jnp
 import numpy as np
-import vesin
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.data import chemical_symbols
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from e3md.neighbors import bucket_size, host_neighbors
+
 log = logging.getLogger(__name__)
 
-__all__ = ["E3MDCalculator", "bucket_size", "UNIT_TABLE"]
+__all__ = ["E3MDCalculator", "UNIT_TABLE"]
 
 #: (ASE result key, e3md output key, factor e3md unit -> ASE unit). e3md works in eV and Å, as
 #: ASE does, so every factor is 1; this table is still the one place where units would change.
@@ -45,24 +48,6 @@ UNIT_TABLE = (
     ("forces", "forces", ase.units.eV / ase.units.Ang),
     ("stress", "stress", ase.units.eV / ase.units.Ang**3),
 )
-
-
-def bucket_size(n: int, minimum: int) -> int:
-    r"""Smallest padded size :math:`\ge \max(n, \mathrm{minimum})` on the grid
-    :math:`2^k \cdot \{1, 1.25, 1.5, 1.75\}` (at most 25 % padding, few distinct shapes).
-
-    Args:
-      n: number of real atoms or edges.
-      minimum: smallest bucket (a power of two >= 4).
-    Returns:
-      The bucket size.
-    """
-    n = max(int(n), int(minimum))
-    base = 1 << max(n.bit_length() - 1, 2)
-    for size in (base, base * 5 // 4, base * 3 // 2, base * 7 // 4, 2 * base):
-        if size >= n:
-            return size
-    raise AssertionError("unreachable")
 
 
 def _resolve(potential):
@@ -119,7 +104,7 @@ class E3MDCalculator(Calculator):
         ``e3md.potentials.Potential``.
       dtype: ``"float32"`` or ``"float64"`` computation (float64 needs ``jax_enable_x64``, which
         the caller sets; the library never changes jax config).
-      min_atoms: smallest atom bucket (padding, see :func:`bucket_size`).
+      min_atoms: smallest atom bucket (padding, see :func:`e3md.neighbors.bucket_size`).
       min_edges: smallest edge bucket.
       **kwargs: forwarded to ``ase.calculators.calculator.Calculator``.
 
@@ -167,7 +152,6 @@ class E3MDCalculator(Calculator):
         self._index_of[list(self.species)] = np.arange(len(self.species), dtype=np.int32)
         self.min_atoms, self.min_edges = int(min_atoms), int(min_edges)
         self._evaluate, self.traces = _make_evaluate(self.config)
-        self._neighbors = vesin.NeighborList(cutoff=self.cutoff, full_list=True)
 
     def _graph(self, atoms):
         """Host side: validate ``atoms``, build the neighbour list, pad to buckets."""
@@ -192,7 +176,7 @@ class E3MDCalculator(Calculator):
                     f"pbc={pbc.tolist()} needs independent cell vectors for the "
                     f"periodic directions, got cell {cell.tolist()}"
                 )
-        i, j, S = self._neighbors.compute(R, cell, pbc, "ijS", copy=True)
+        i, j, S = host_neighbors(R, self.cutoff, cell, pbc)
         n, e = len(R), len(i)
         n_pad, e_pad = bucket_size(n, self.min_atoms), bucket_size(e, self.min_edges)
         pad = lambda x, size, fill, dtype: np.concatenate(

@@ -1,4 +1,6 @@
-"""jax-md neighbour lists for e3md: Sparse format, cell-size checks, overflow handling.
+"""Neighbour lists for e3md: jax-md Sparse lists on the device (cell-size checks, overflow
+handling), and one host-side search (:func:`host_neighbors`, vesin) with the padding buckets
+(:func:`bucket_size`) that the ASE calculator, the OpenMM force and training share.
 
 Neighbour lists come from ``jax_md.partition.neighbor_list`` in ``Sparse`` format (both
 directions of every pair, ``idx[2, E]``, padding index ``N``). jax-md flags a full buffer inside
@@ -11,6 +13,7 @@ jax-md 0.2.29 errors when the same neighbour-list system is built twice in one p
 """
 
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -21,7 +24,66 @@ from e3md.graph import edge_vectors
 
 log = logging.getLogger(__name__)
 
-__all__ = ["allocate", "check_overflow", "check_neighbors", "neighbor_list", "update"]
+__all__ = [
+    "allocate",
+    "bucket_size",
+    "check_overflow",
+    "check_neighbors",
+    "host_neighbors",
+    "neighbor_list",
+    "update",
+]
+
+
+def host_neighbors(
+    positions: Float[np.ndarray, "N 3"],
+    cutoff: float,
+    cell: Float[np.ndarray, "3 3"] | None = None,
+    pbc: bool | np.ndarray = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""All directed pairs closer than ``cutoff``, periodic images as integer cell shifts (host).
+
+    Returns every :math:`(i, j, \mathbf n)` with :math:`i \ne j` or :math:`\mathbf n \ne 0` and
+
+    .. math::
+        |\mathbf r_{ij}| < r_c,\qquad
+        \mathbf r_{ij} = \mathbf R_j - \mathbf R_i + \mathbf n^\top C,
+
+    both directions of every pair, with ``vesin`` (cell lists, :math:`O(N)`; positions need not
+    be wrapped into the cell; any mix of periodic directions). Receiver :math:`i` is e3md's
+    ``dst``, sender :math:`j` its ``src``. Host only: the edge count depends on the data.
+
+    Args:
+      positions: ``[N, 3]`` Å.
+      cutoff: :math:`r_c`, Å.
+      cell: ``[3, 3]`` lattice vectors as rows, Å (ignored in directions that are not
+        periodic; ``None`` for a free system).
+      pbc: periodic directions, one bool or three.
+
+    Returns:
+      ``(receivers [E] int32, senders [E] int32, shifts [E, 3] int64)``.
+    """
+    import vesin
+
+    R = np.ascontiguousarray(positions, dtype=np.float64)
+    periodic = np.broadcast_to(np.asarray(pbc, bool), (3,)).copy()
+    box = np.zeros((3, 3)) if cell is None else np.asarray(cell, np.float64)
+    if periodic.any() and cell is None:
+        raise ValueError("periodic neighbour search needs a cell")
+    nl = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
+    i, j, S = nl.compute(points=R, box=box, periodic=periodic, quantities="ijS", copy=True)
+    return np.asarray(i, np.int32), np.asarray(j, np.int32), np.asarray(S, np.int64)
+
+
+def bucket_size(n: int, minimum: int = 8, fraction: float = 0.25) -> int:
+    r"""Padded size :math:`\ge \max(n, \mathrm{minimum})` on the grid
+    :math:`2^k\,(1 + \mathrm{fraction}\cdot\mathbb N)`: with the default at most 25 %
+    padding and four sizes per factor of two, so jitted functions compile once per bucket
+    rather than once per atom or edge count.
+    """
+    n = max(int(n), int(minimum))
+    step = max(1, int(2 ** math.floor(math.log2(n)) * fraction))
+    return int(math.ceil(n / step) * step)
 
 
 def neighbor_list(

@@ -15,12 +15,12 @@ Units are converted at this boundary only (factors from :mod:`e3md.units`): Open
 nm become Å, the e3md energy in eV becomes kJ/mol and the forces
 :math:`F = -\partial E/\partial R` in eV/Å become kJ/mol/nm.
 
-The neighbour search runs on the host in numpy once per force evaluation (positions arrive on
-the host anyway): every pair :math:`(i, j)` and lattice translation :math:`\mathbf{n}` with
+The neighbour search runs on the host once per force evaluation (positions arrive on the host
+anyway; :func:`e3md.neighbors.host_neighbors`, vesin cell lists, :math:`O(N)`): every pair
+:math:`(i, j)` and lattice translation :math:`\mathbf{n}` with
 :math:`|\mathbf{R}_j - \mathbf{R}_i + \mathbf{n}^\top C| < r_c` becomes an edge, so periodic
 images are honoured through cell shifts. Edge arrays are padded to a capacity that only grows,
-so the jitted energy-and-force function recompiles rarely. The search is
-:math:`O(27 N^2)` and meant for ML regions of up to a few thousand atoms.
+so the jitted energy-and-force function recompiles rarely.
 
 ``openmm`` / ``openmmml`` are imported lazily inside functions: importing this module needs
 neither, and the e3md core never imports this module. openmm-ml imports it through the entry
@@ -46,7 +46,6 @@ __all__ = [
     "E3mdImpl",
     "E3mdImplFactory",
     "create_force",
-    "neighbor_pairs",
     "species_indices",
 ]
 
@@ -56,15 +55,6 @@ __all__ = [
 # (tens of seconds for a real model). Bounded, holds no mutable state beyond compiled code.
 _COMPILED: "collections.OrderedDict[tuple[str, str], object]" = collections.OrderedDict()
 _COMPILED_MAX = 8
-
-# Lattice translations n in {-1, 0, 1}^3, the zero translation first.
-_SHIFTS = np.array(
-    sorted(
-        ((a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)),
-        key=lambda s: (s != (0, 0, 0), s),
-    ),
-    dtype=np.int64,
-)
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,81 +96,6 @@ def _potential_from_bytes(blob: bytes):
         with open(path, "wb") as fh:
             fh.write(blob)
         return potentials.load(path)
-
-
-# --------------------------------------------------------------------------------------------
-# Host-side geometry
-# --------------------------------------------------------------------------------------------
-
-
-def neighbor_pairs(
-    positions: Float[np.ndarray, "N 3"],
-    cutoff: float,
-    cell: Float[np.ndarray, "3 3"] | None = None,
-    chunk: int = 256,
-) -> tuple[Int[np.ndarray, " E"], Int[np.ndarray, " E"], Int[np.ndarray, "E 3"]]:
-    r"""All directed pairs closer than ``cutoff``, with periodic images as integer cell shifts.
-
-    Returns every :math:`(i, j, \mathbf{n})`, :math:`i \ne j` or :math:`\mathbf{n} \ne 0`, with
-
-    .. math::
-        |\mathbf{r}_{ij}| < r_c, \qquad
-        \mathbf{r}_{ij} = \mathbf{R}_j - \mathbf{R}_i + \mathbf{n}^\top C .
-
-    Both directions of a pair are listed. Positions need not be wrapped into the cell. With
-    perpendicular widths of at least :math:`r_c`, translations in :math:`\{-1,0,1\}^3` of the
-    wrapped positions find every image; :func:`e3md.validate.check_box` asks for :math:`2 r_c`
-    like every other e3md entry point.
-
-    Host-only (numpy), :math:`O(27 N^2)` in chunks of ``chunk`` receivers.
-
-    Args:
-      positions: ``[N, 3]`` Å.
-      cutoff: :math:`r_c`, Å.
-      cell: ``[3, 3]`` lattice vectors as rows (Å), or ``None`` for a free system.
-      chunk: receivers per block (memory ~ ``27 * chunk * N * 3`` floats).
-    Returns:
-      ``(receivers [E], senders [E], shifts [E, 3])``: int arrays; ``shifts`` are integer
-      multiples of the lattice vectors (all zero for a free system).
-    Raises:
-      ValueError: a periodic cell thinner than twice the cutoff, or non-finite positions.
-    """
-    from e3md import validate  # imports jax (through jaxtyping.ArrayLike): keep it lazy
-
-    R = validate.check_positions(positions).astype(np.float64)
-    n = R.shape[0]
-    cut2 = float(cutoff) ** 2
-    if cell is None:
-        shifts = _SHIFTS[:1]
-        offset = np.zeros((n, 3), dtype=np.int64)
-        Rw = R
-        cell = np.zeros((3, 3))
-    else:
-        cell = np.asarray(cell, dtype=np.float64)
-        validate.check_box(cell.T, cutoff)  # jax-md convention: lattice vectors as columns
-        frac = R @ np.linalg.inv(cell)
-        offset = np.floor(frac).astype(np.int64)  # R = Rw + offset @ cell
-        Rw = (frac - offset) @ cell
-        shifts = _SHIFTS
-    images = shifts @ cell  # [S, 3]
-    recv, send, shift_idx = [], [], []
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        d = Rw[None, None, :, :] - Rw[None, start:stop, None, :] + images[:, None, None, :]
-        close = np.einsum("sijk,sijk->sij", d, d) < cut2  # [S, chunk, N]
-        ii = np.arange(start, stop)
-        close[0, ii - start, ii] = False  # no self pair in the home cell
-        s, i, j = np.nonzero(close)
-        recv.append(i + start)
-        send.append(j)
-        shift_idx.append(s)
-    recv = np.concatenate(recv) if recv else np.zeros(0, np.int64)
-    send = np.concatenate(send) if send else np.zeros(0, np.int64)
-    shift_idx = np.concatenate(shift_idx) if shift_idx else np.zeros(0, np.int64)
-    # R_j - R_i + n C with wrapped positions equals the same with the originals once the
-    # wrapping offsets are folded into the shift: n' = n + offset_i - offset_j.
-    total = shifts[shift_idx] + offset[recv] - offset[send]
-    return recv.astype(np.int32), send.astype(np.int32), total.astype(np.int64)
 
 
 def _capacity(num_edges: int, current: int) -> int:
@@ -342,6 +257,7 @@ class E3mdCompute:
         import jax
 
         from e3md import validate
+        from e3md.neighbors import host_neighbors
 
         if self.periodic and cell is None:
             raise ValueError("this e3md force is periodic but no cell was given")
@@ -349,7 +265,10 @@ class E3mdCompute:
         n = len(self.atomic_numbers)
         if R.shape != (n, 3):
             raise ValueError(f"expected positions of shape ({n}, 3), got {R.shape}")
-        recv, send, shift = neighbor_pairs(R, self.cutoff, cell if self.periodic else None)
+        validate.check_positions(R)
+        if self.periodic:
+            validate.check_box(np.asarray(cell, np.float64).T, self.cutoff)  # columns: jax-md
+        recv, send, shift = host_neighbors(R, self.cutoff, cell, self.periodic)
         num_edges = recv.shape[0]
         cell_arr = np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64)
         distances = np.linalg.norm(R[send] - R[recv] + shift @ cell_arr, axis=1)

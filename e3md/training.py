@@ -5,9 +5,9 @@ Pipeline (all choices recorded in a :class:`TrainConfig`, read from TOML):
 1. load the data (:mod:`e3md.data`, declared units) and split it with a seed;
 2. normalise: per-species :math:`E_0` by least squares, ``scale`` = RMS of the training force
    components, ``avg_num_neighbors`` = mean number of edges per atom within the cutoff;
-3. build graphs on the host once per structure (free molecules: all pairs; periodic cells:
-   ``vesin`` with integer cell shifts), and batch different-sized structures by padding to
-   *buckets* so each jitted step compiles once per bucket, not per batch;
+3. build graphs on the host once per structure (:func:`e3md.neighbors.host_neighbors`:
+   vesin, with integer cell shifts for periodic cells), and batch different-sized structures
+   by padding to *buckets* so each jitted step compiles once per bucket, not per batch;
 4. minimise the weighted loss
 
    .. math::
@@ -48,6 +48,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from e3md.data import Dataset, Structure
+from e3md.neighbors import bucket_size, host_neighbors
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,6 @@ __all__ = [
     "Trainer",
     "batches",
     "build_graph",
-    "bucket_size",
     "collate",
     "load_config",
     "make_optimizer",
@@ -400,40 +400,23 @@ class Graph(NamedTuple):
 
 
 def build_graph(structure: Structure, cutoff: float) -> Graph:
-    """All ordered pairs (i, j ≠ i, or j's periodic image) with :math:`r_{ij} < r_c`.
-
-    Free molecules use all pairs (O(N²) numpy); periodic cells use ``vesin`` (full list, with
-    integer cell shifts S; shift = S @ cell). Host only, not jittable: the edge count depends
-    on the data.
+    """All ordered pairs (i, j ≠ i, or j's periodic image) with :math:`r_{ij} < r_c`
+    (:func:`e3md.neighbors.host_neighbors`; shift = S @ cell). Host only, not jittable: the
+    edge count depends on the data.
 
     Raises:
       ValueError: partially periodic structures (not supported).
     """
-    R = structure.positions
-    n = R.shape[0]
-    if not structure.periodic:
-        d = np.linalg.norm(R[None, :, :] - R[:, None, :], axis=-1)  # d[i, j]
-        dst, src = np.nonzero((d < cutoff) & ~np.eye(n, dtype=bool))
-        return Graph(src.astype(np.int32), dst.astype(np.int32), np.zeros((src.size, 3)))
-    if not all(structure.pbc):
+    if structure.periodic and not all(structure.pbc):
         raise ValueError(f"partially periodic structures (pbc={structure.pbc}) are not supported")
-    import vesin
-
-    nl = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
-    i, j, S = nl.compute(points=R, box=structure.cell, periodic=True, quantities="ijS")
-    shifts = np.asarray(S, dtype=np.float64) @ structure.cell
-    return Graph(np.asarray(j, np.int32), np.asarray(i, np.int32), shifts)
-
-
-def bucket_size(n: int, fraction: float = 0.25, minimum: int = 8) -> int:
-    """Round ``n`` up so that there are ~1/fraction distinct sizes per factor of two.
-
-    ``bucket_size(n) >= n``, with at most ``fraction`` relative padding; batches whose sizes
-    fall in the same bucket share one compiled step.
-    """
-    n = max(int(n), minimum)
-    step = max(1, int(2 ** math.floor(math.log2(n)) * fraction))
-    return int(math.ceil(n / step) * step)
+    i, j, S = host_neighbors(
+        structure.positions,
+        cutoff,
+        structure.cell if structure.periodic else None,
+        structure.periodic,
+    )
+    shifts = S.astype(np.float64) @ structure.cell if structure.periodic else np.zeros((i.size, 3))
+    return Graph(j, i, shifts)
 
 
 class GraphBatch(NamedTuple):
@@ -533,8 +516,8 @@ def collate(
     structs = [prep.data[i] for i in indices]
     n_real = sum(s.num_atoms for s in structs)
     e_real = sum(prep.graphs[i].src.size for i in indices)
-    N = num_atoms or bucket_size(n_real + 1, fraction)
-    E = num_edges or bucket_size(e_real, fraction)
+    N = num_atoms or bucket_size(n_real + 1, fraction=fraction)
+    E = num_edges or bucket_size(e_real, fraction=fraction)
     if N < n_real + 1 or E < e_real:
         raise ValueError(f"padding too small: {N} atoms / {E} edges for {n_real} / {e_real}")
     B = batch_size
@@ -623,8 +606,8 @@ def batches(
     if fixed_shape:
         atoms = np.sort([s.num_atoms for s in prep.data])[::-1]
         edges = np.sort([g.src.size for g in prep.graphs])[::-1]
-        N = bucket_size(int(atoms[:batch_size].sum()) + 1, fraction)
-        E = bucket_size(max(int(edges[:batch_size].sum()), 1), fraction)
+        N = bucket_size(int(atoms[:batch_size].sum()) + 1, fraction=fraction)
+        E = bucket_size(max(int(edges[:batch_size].sum()), 1), fraction=fraction)
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
         yield idx, collate(prep, idx, batch_size, N, E, fraction)

@@ -21,7 +21,7 @@ from ase.md.velocitydistribution import thermalize_momenta
 from ase.optimize import BFGS
 from e3md.potentials import ModelConfig, Potential
 
-from e3md.ase import E3MDCalculator, bucket_size
+from e3md.ase import E3MDCalculator
 
 #: a small random model (E3MDCalculator caches compiled code by config and dtype, so every
 #: calculator below shares it)
@@ -271,14 +271,6 @@ def test_errors(pot):
         calc.get_potential_energy(slab)
     with pytest.raises(ValueError, match="dtype"):
         E3MDCalculator(pot, dtype="float16")
-
-
-def test_bucket_size():
-    sizes = [bucket_size(n, 8) for n in range(0, 5000)]
-    assert all(s >= max(n, 8) for n, s in enumerate(sizes))
-    assert all(s <= 1.25 * n for n, s in enumerate(sizes) if n > 8)
-    assert np.all(np.diff(sizes) >= 0)
-    assert len(set(sizes)) < 45  # few distinct shapes, i.e. few compiles
 
 
 # --- inside ASE's drivers: BFGS, FrechetCellFilter, Langevin; compile counts -----------------

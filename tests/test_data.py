@@ -262,8 +262,10 @@ def test_e0_prior_fills_only_what_the_data_leave_open(tmp_path, rng):
     assert not np.allclose(fit_e0(data, species), e0, atol=1.0)
 
     # full-rank compositions: the prior does not matter
-    mixed = [_atoms(rng, sym, energy=float(e)) for sym, e in
-             [("CH4", -1080.0), ("H2O", -2063.0), ("CO2", -5098.0), ("C2H6O", -4209.0)]]
+    mixed = [
+        _atoms(rng, sym, energy=float(e))
+        for sym, e in [("CH4", -1080.0), ("H2O", -2063.0), ("CO2", -5098.0), ("C2H6O", -4209.0)]
+    ]
     ase.io.write(tmp_path / "mixed.xyz", mixed, format="extxyz")
     mixed = load_dataset(tmp_path / "mixed.xyz")
     np.testing.assert_allclose(fit_e0(mixed, species, prior), fit_e0(mixed, species), atol=1e-8)

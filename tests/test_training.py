@@ -96,14 +96,6 @@ def pair_setup(keys):
     return config, pair_init(config, next(keys))
 
 
-def test_bucket_size_bounds_padding():
-    sizes = {tr.bucket_size(n) for n in range(8, 1025)}
-    for n in range(1, 2000):
-        b = tr.bucket_size(n)
-        assert b >= n and (n < 8 or b <= 1.25 * n)
-    assert len(sizes) <= 4 * 7 + 1  # ~4 buckets per factor of two
-
-
 def test_collate_pads_and_masks(rng, pair_setup):
     config, _ = pair_setup
     data = Dataset((_structure(rng, "CH4"), _structure(rng, "H2O"), _structure(rng, "Si3", True)))
