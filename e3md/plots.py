@@ -55,51 +55,31 @@ def parity_plots(pred: Predictions, path_prefix: str, title: str = "") -> list[s
     e_ref = pred.energy_ref / pred.num_atoms
     e_pred = pred.energy_pred / pred.num_atoms
     mean = e_ref.mean()
-    fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=110)
-    _parity(
-        ax,
-        1e3 * (e_ref - mean),
-        1e3 * (e_pred - mean),
-        "E/N − ⟨E/N⟩",
-        "meV/atom",
-        1e3 * m["energy_mae_per_atom"],
-    )
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    paths.append(f"{path_prefix}_energy.png")
-    fig.savefig(paths[-1])
-    plt.close(fig)
+    panels = [
+        ("energy", e_ref - mean, e_pred - mean, "E/N − ⟨E/N⟩", "meV/atom", "energy_mae_per_atom")
+    ]
     if pred.forces_ref is not None:
-        fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=110)
-        _parity(
-            ax,
-            1e3 * pred.forces_ref,
-            1e3 * pred.forces_pred,
-            "force component",
-            "meV/Å",
-            1e3 * m["forces_mae"],
+        panels.append(
+            ("forces", pred.forces_ref, pred.forces_pred, "force component", "meV/Å", "forces_mae")
         )
-        if title:
-            fig.suptitle(title, fontsize=9)
-        fig.tight_layout()
-        paths.append(f"{path_prefix}_forces.png")
-        fig.savefig(paths[-1])
-        plt.close(fig)
     if pred.stress_ref is not None:
-        fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=110)
-        _parity(
-            ax,
-            1e3 * pred.stress_ref,
-            1e3 * pred.stress_pred,
-            "stress component",
-            "meV/Å³",
-            1e3 * m["stress_mae"],
+        panels.append(
+            (
+                "stress",
+                pred.stress_ref,
+                pred.stress_pred,
+                "stress component",
+                "meV/Å³",
+                "stress_mae",
+            )
         )
+    for name, ref, predicted, label, unit, mae_key in panels:
+        fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=110)
+        _parity(ax, 1e3 * ref, 1e3 * predicted, label, unit, 1e3 * m[mae_key])
         if title:
             fig.suptitle(title, fontsize=9)
         fig.tight_layout()
-        paths.append(f"{path_prefix}_stress.png")
+        paths.append(f"{path_prefix}_{name}.png")
         fig.savefig(paths[-1])
         plt.close(fig)
     log.info("wrote %s", paths)

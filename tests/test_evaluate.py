@@ -1,5 +1,6 @@
 """Metrics: hand-checkable MAE/RMSE, unit conversion of the report, table, evaluate()."""
 
+import dataclasses
 import json
 
 import jax
@@ -132,3 +133,13 @@ def test_evaluate_recovers_known_label_offsets(rng, keys):
         r, pot.species_index(s0.numbers), j, i, np.ones(i.size, bool), np.ones(s0.num_atoms, bool)
     )
     assert pred.energy_pred[0] == pytest.approx(float(jax.numpy.sum(e_i)), rel=1e-12)
+
+
+def test_parity_plots_one_png_per_labelled_quantity(tmp_path):
+    from e3md.plots import parity_plots
+
+    paths = parity_plots(_hand_case(), str(tmp_path / "parity"), title="hand case")
+    assert [p.rsplit("_", 1)[1] for p in paths] == ["energy.png", "forces.png", "stress.png"]
+    assert all((tmp_path / p.rsplit("/", 1)[1]).stat().st_size > 1000 for p in paths)
+    no_stress = dataclasses.replace(_hand_case(), stress_ref=None, stress_pred=None)
+    assert len(parity_plots(no_stress, str(tmp_path / "p2"))) == 2
