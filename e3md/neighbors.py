@@ -14,6 +14,7 @@ jax-md 0.2.29 errors when the same neighbour-list system is built twice in one p
 
 import logging
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,16 @@ from e3md import validate
 from e3md.graph import edge_vectors
 
 log = logging.getLogger(__name__)
+
+# jax-md 0.2.29's Sparse-list pruning scatters int64 indices into an int32 array when x64 is
+# enabled (as e3md md does), which jax 0.9 reports as a FutureWarning at every trace. The
+# indices are small and the cast is exact; the filter names the message and jax's module only.
+warnings.filterwarnings(
+    "ignore",
+    message="scatter inputs have incompatible types",
+    category=FutureWarning,
+    module=r"jax\._src\.ops\.scatter",
+)
 
 __all__ = [
     "allocate",
