@@ -864,8 +864,10 @@ class Trainer:
         e0 = fit_e0(self.train_data, species, prior)
         scale = force_rms(self.train_data)
         self.e0 = e0
-        graphs = [build_graph(s, base.cutoff) for s in self.train_data]
-        avg_nb = sum(g.src.size for g in graphs) / self.train_data.num_atoms
+        # graphs once per structure: they give the mean neighbour count and the batches
+        self.train_prep = prepare(self.train_data, base.cutoff, species, e0)
+        self.valid_prep = prepare(self.valid_data, base.cutoff, species, e0)
+        avg_nb = sum(g.src.size for g in self.train_prep.graphs) / self.train_data.num_atoms
         #: the config of the potential that is shipped (with E0)
         self.model_config = base.replace(
             e0=tuple(float(x) for x in e0), scale=scale, avg_num_neighbors=max(avg_nb, 1.0)
@@ -877,11 +879,7 @@ class Trainer:
         if init_fn is None:
             from e3md.potentials.model import init_params as init_fn
         self.dtype = jnp.dtype(self.model_config.dtype)
-        zeros = np.zeros(len(species))
-        self.train_prep = prepare(self.train_data, base.cutoff, species, e0)
-        self.valid_prep = prepare(self.valid_data, base.cutoff, species, e0)
         self.use_stress = cfg.loss.stress_weight > 0 or self.train_data.has_stress
-        del zeros
         t = cfg.training
         self.steps_per_epoch = math.ceil(len(self.train_data) / t.batch_size)
         self.optimizer, self.schedule = make_optimizer(

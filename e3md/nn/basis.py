@@ -98,12 +98,9 @@ def basis(
     if factored:
         out = (radial, ylm[..., None, :])
     else:
-        out = (ylm[..., :, None] * radial[..., None, :])[..., None, :, :]  # [..., 1, LM, K]
-    extras = ()
+        out = ((ylm[..., :, None] * radial[..., None, :])[..., None, :, :],)  # [..., 1, LM, K]
     if return_cutoff:
-        extras += (cut,)
+        out += (cut,)
     if return_norm:
-        extras += (norm,)
-    if factored:
-        return (*out, *extras) if extras else out
-    return (out, *extras) if extras else out
+        out += (norm,)
+    return out if len(out) > 1 else out[0]
