@@ -16,7 +16,7 @@ Contenders, all on the SAME periodic water box and the SAME jax-md ``Sparse`` ne
   = iterations``, ``num_basis = K``, ``r_max`` = 5 Å and its default radial MLP (2 x 64).
 
 Sizes: small (F, L, iterations, K) = (32, 1, 2, 8), medium = (64, 2, 2, 8); 192, 1536 atoms by
-default, 12288 and ~100k (small only) with ``--large``. For each (size, atoms) cell every
+default, 12288 and ~100k with ``--large``. For each (size, atoms) cell every
 contender is compiled first (compile time = trace + lower + XLA compile), then the timed calls
 are interleaved round-robin (``--rounds``) after a warm-up and the median is reported, so the
 ratios of one cell come from the same run under the same machine load.
@@ -36,7 +36,8 @@ Usage::
 
     python benchmarks/bench_performance.py --quick     # 192 atoms, both sizes, 5 rounds
     python benchmarks/bench_performance.py             # 192 and 1536 atoms
-    python benchmarks/bench_performance.py --large     # + 12288 atoms (both) and ~100k (small)
+    python benchmarks/bench_performance.py --large     # + 12288 atoms and ~100k
+    python benchmarks/bench_performance.py --models e3md --atoms 98304 --fit-gib 24
     python benchmarks/bench_performance.py --models e3md,nequip --atoms 1536 --sizes medium
 """
 
@@ -602,10 +603,39 @@ def _fmt(rows, name):
     return s
 
 
+def largest_fit(size: str, name: str, limit_bytes: float, start_atoms: int = 12288):
+    """Largest water box that ``name`` fits in ``limit_bytes`` (XLA memory analysis).
+
+    Compiles (does not run) energy+forces at doubling atom counts from ``start_atoms`` until the
+    estimate exceeds the limit, then interpolates linearly between the last two counts (memory
+    is linear in N for every contender at these sizes). Returns a dict with the compiled
+    ``(atoms, GiB)`` points and the interpolated ``atoms`` estimate.
+    """
+    points = []
+    n = start_atoms
+    while True:
+        displacement, side, z, R, nbrs, real_edges, neighbor_fn = build_system(n)
+        c, _ = build_contenders(size, [name], displacement, side, z, R, nbrs, real_edges / len(z))
+        *_, xla_bytes = compile_contender(c[name], R, nbrs)
+        points.append((len(z), xla_bytes / 2**30))
+        print(f"#   {name} {size}: {len(z)} atoms -> {xla_bytes / 2**30:.2f} GiB (XLA)", flush=True)
+        del c, neighbor_fn, nbrs
+        if xla_bytes > limit_bytes or len(points) > 8:
+            break
+        n *= 2
+    if len(points) == 1:
+        (n1, g1), (n0, g0) = points[0], (0, 0.0)
+    else:
+        (n0, g0), (n1, g1) = points[-2], points[-1]
+    slope = (g1 - g0) / (n1 - n0)
+    estimate = n0 + (limit_bytes / 2**30 - g0) / slope
+    return dict(size=size, model=name, points=points, atoms=int(estimate))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="192 atoms only, 5 rounds")
-    ap.add_argument("--large", action="store_true", help="add 12288 atoms and ~100k (small)")
+    ap.add_argument("--large", action="store_true", help="add 12288 atoms and ~100k")
     ap.add_argument("--atoms", default=None, help="comma-separated atom counts (overrides)")
     ap.add_argument("--sizes", default="small,medium")
     ap.add_argument("--models", default=",".join(MODELS))
@@ -614,6 +644,12 @@ def main(argv=None):
     ap.add_argument("--skin", type=float, default=0.0, help="neighbour-list skin, Å")
     ap.add_argument("--json", default=None, help="also write the raw results to this file")
     ap.add_argument("--profile", action="store_true", help="time e3md's components instead")
+    ap.add_argument(
+        "--fit-gib",
+        type=float,
+        default=None,
+        help="instead of timing: largest system each model fits in this many GiB (XLA estimate)",
+    )
     args = ap.parse_args(argv)
     names = [s.strip() for s in args.models.split(",") if s.strip()]
     unknown = sorted(set(names) - set(MODELS))
@@ -637,6 +673,22 @@ def main(argv=None):
                 for name, tf, tb in parts:
                     print(f"| {name} | {tf:.1f} | {tb:.1f} |", flush=True)
         return parts
+    if args.fit_gib:
+        fits = []
+        for size in sizes:
+            for name in names:
+                fit = largest_fit(size, name, args.fit_gib * 2**30, start_atoms=atoms[-1])
+                fits.append(fit)
+                print(
+                    f"| {size} | {name} | {fit['atoms']} atoms fit in {args.fit_gib:g} GiB | "
+                    + ", ".join(f"{a}: {g:.2f} GiB" for a, g in fit["points"])
+                    + " |",
+                    flush=True,
+                )
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(fits, fh, indent=1)
+        return fits
     mem_limit = (args.mem_limit_gib * 2**30) if args.mem_limit_gib else 0.9 * _available_bytes()
     peak = matmul_peak_flops()
     dev = jax.devices()[0]
@@ -656,8 +708,6 @@ def main(argv=None):
     results = []
     for size in sizes:
         for n in atoms:
-            if n > 20000 and size != "small":
-                continue
             info, rows = run_cell(size, n, names, rounds, mem_limit, peak)
             results.append(dict(info=info, rows=rows))
             cells = " | ".join(_fmt(rows, name) for name in names)

@@ -57,7 +57,19 @@ import numpy as np
 from e3md.potentials.config import ModelConfig
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-__all__ = ["EnergyModel", "atomic_energies", "init_params", "species_index", "species_table"]
+__all__ = [
+    "EDGE_CHUNK",
+    "EnergyModel",
+    "atomic_energies",
+    "init_params",
+    "species_index",
+    "species_table",
+]
+
+# Edges per block of the message-passing scan (``atomic_energies(edge_chunk=...)``). Chosen by
+# measurement (BENCHMARKS.md, "Edge blocks"): on 2 CPU cores 1024 was fastest among 256-4096
+# for both benchmark sizes at 192-12288 atoms; [1024, 9, 64] float32 intermediates are 2.4 MB.
+EDGE_CHUNK = 1024
 
 
 def species_table(config: ModelConfig) -> np.ndarray:
@@ -152,6 +164,7 @@ class EnergyModel(nn.Module):
         dst: Int[Array, " E"],
         edge_mask: Bool[Array, " E"],
         atom_mask: Bool[Array, " N"],
+        edge_chunk: int | None = None,
     ) -> Float[Array, " N"]:
         import e3md.nn as enn
 
@@ -197,7 +210,15 @@ class EnergyModel(nn.Module):
                 use_basis_bias=False,
                 name=f"message_{t}",
                 **kw,
-            )(x, basis, weights, src_idx=src_c, dst_idx=dst_c, num_segments=num_atoms)
+            )(
+                x,
+                basis,
+                weights,
+                src_idx=src_c,
+                dst_idx=dst_c,
+                num_segments=num_atoms,
+                edge_chunk=edge_chunk,
+            )
             x = _pad_degree(x, out_degree) + enn.Dense(F, name=f"update_{t}", **kw)(m)
             if cfg.self_product and out_degree > 0:
                 a = enn.Dense(F, name=f"self_a_{t}", **kw)(x)
@@ -253,6 +274,8 @@ def atomic_energies(
     dst: Int[Array, " E"],
     edge_mask: Bool[Array, " E"],
     atom_mask: Bool[Array, " N"],
+    *,
+    edge_chunk: int | None = EDGE_CHUNK,
 ) -> Float[Array, " N"]:
     r"""Per-atom energies :math:`e_i` in eV: THE core function of every e3md energy path.
 
@@ -271,9 +294,16 @@ def atomic_energies(
       dst: receiver atom index i per edge; padded edges may hold any value.
       edge_mask: True for real edges. Edges touching a padded atom are ignored as well.
       atom_mask: True for real atoms.
+      edge_chunk: evaluate the per-edge work of message passing in blocks of this many edges
+        (see ``e3md.nn.MessagePass``): the same function with per-edge memory bounded by the
+        block instead of the whole graph, and faster on CPU because a block's intermediates
+        stay in cache. ``None``: all edges at once. Graphs with at most ``edge_chunk`` edges
+        are evaluated at once either way.
 
     Returns:
       :math:`e_i` in eV, shape ``[N]``, dtype ``config.dtype``; exactly 0 for padded atoms.
       The total energy is ``e_i.sum()``. Edges longer than ``config.cutoff`` contribute 0.
     """
-    return EnergyModel(config).apply(params, r_ij, species_index, src, dst, edge_mask, atom_mask)
+    return EnergyModel(config).apply(
+        params, r_ij, species_index, src, dst, edge_mask, atom_mask, edge_chunk=edge_chunk
+    )

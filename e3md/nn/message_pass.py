@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Integer
@@ -46,6 +47,59 @@ def _factored_filters(dense: Dense, radial, angular):
         axis=-2,
     )
     return r * angular[..., None].astype(r.dtype)
+
+
+def _chunked_messages(
+    inputs, basis, weights, src_idx, dst_idx, *, num_segments, edge_chunk, dense, tensor, params
+):
+    """``MessagePass`` over blocks of ``edge_chunk`` edges, accumulated by ``lax.scan``.
+
+    Each block gathers its senders, builds its filters, forms the products and sums them into
+    the receivers under ``jax.checkpoint``: the backward pass recomputes a block instead of
+    storing its ``[edge_chunk, P, LM, F]`` intermediates, so only per-node arrays and the
+    (small) per-edge basis and indices are kept. Padding edges (to a whole number of blocks)
+    carry zero weight and the out-of-range receiver ``num_segments``, so they add exactly 0.
+    """
+    num_edges = src_idx.shape[0]
+    blocks = -(-num_edges // edge_chunk)
+    pad = blocks * edge_chunk - num_edges
+    factored = isinstance(basis, tuple | list)
+    if weights is None:
+        weights = jnp.ones((num_edges, 1, 1, 1), inputs.dtype)
+    weights = jnp.asarray(weights)
+    if weights.ndim < 4 or weights.shape[0] != num_edges:
+        weights = jnp.broadcast_to(weights, (num_edges, *weights.shape[-3:]))
+    # unbound copies, bound inside the block: flax modules must not cross a jax transform
+    dense, tensor = dense.clone(parent=None), tensor.clone(parent=None)
+
+    def blocked(a, fill=0):
+        a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1), constant_values=fill)
+        return a.reshape(blocks, edge_chunk, *a.shape[1:])
+
+    xs = (
+        tuple(blocked(b) for b in basis) if factored else blocked(basis),
+        blocked(weights),
+        blocked(src_idx),
+        blocked(dst_idx, fill=num_segments),
+    )
+
+    def block(b, w, src, dst):
+        dense_fn = dense.bind({"params": params["filter"]})
+        tensor_fn = tensor.bind({"params": params[tensor.name]})
+        gathered = gather_src(inputs, src_idx=src) * w
+        filters = _factored_filters(dense_fn, *b) if factored else dense_fn(b)
+        products = tensor_fn(filters, gathered)
+        return indexed_sum(products, dst_idx=dst, num_segments=num_segments)
+
+    block = jax.checkpoint(block, prevent_cse=False)
+    first = jax.tree.map(lambda a: a[0], xs)
+    out = jax.eval_shape(block, *first)
+
+    def step(acc, x):
+        return acc + block(*x), None
+
+    acc, _ = jax.lax.scan(step, jnp.zeros(out.shape, out.dtype), xs)
+    return acc
 
 
 class MessagePass(nn.Module):
@@ -128,6 +182,7 @@ class MessagePass(nn.Module):
         src_idx: Integer[Array, "... E"] | None = None,
         num_segments: int | None = None,
         indices_are_sorted: bool = False,
+        edge_chunk: int | None = None,
     ) -> Float[Array, "... N P3 LM3 F"]:
         """Computes the messages ``m[..., N, P3, (L3+1)**2, F]``.
 
@@ -147,6 +202,11 @@ class MessagePass(nn.Module):
           src_idx: sparse senders.
           num_segments: number of receivers (default ``N``, the node axis of ``inputs``).
           indices_are_sorted: promise that ``dst_idx`` is sorted (faster segment sum).
+          edge_chunk: sparse, unbatched lists only: evaluate gather, filter, product and sum in
+            blocks of this many edges (``lax.scan``, each block under ``jax.checkpoint``), so
+            no ``[E, P, LM, F]`` tensor is ever stored, in the forward or the backward pass:
+            memory O(N + edge_chunk) instead of O(E) per-edge features, for the same function
+            (summation order aside). ``None`` (default) or ``>= E``: all edges at once.
 
         Returns:
           Messages per node.
@@ -209,11 +269,35 @@ class MessagePass(nn.Module):
             bias_init=self.dense_bias_init,
             name="filter",
         )
+        tensor = self._tensor()
+        if edge_chunk is not None:
+            if adj_idx is not None or src_idx.ndim != 1 or edge_chunk < 1:
+                raise ValueError(
+                    "edge_chunk needs a positive block size and an unbatched sparse index list "
+                    f"(dst_idx, src_idx of shape [E]), received edge_chunk={edge_chunk}"
+                    + ("" if adj_idx is None else " with adj_idx")
+                )
+            # init creates the parameters by one ordinary call
+            if edge_chunk >= src_idx.shape[0] or self.is_initializing():
+                edge_chunk = None
+        if edge_chunk is not None:
+            return _chunked_messages(
+                inputs,
+                basis,
+                weights,
+                src_idx,
+                dst_idx,
+                num_segments=num_segments,
+                edge_chunk=edge_chunk,
+                dense=dense,
+                tensor=tensor,
+                params=self.variables["params"],
+            )
         if factored:
             filters = _factored_filters(dense, radial, angular)
         else:
             filters = dense(basis)
-        products = self._tensor()(filters, gathered)
+        products = tensor(filters, gathered)
         return indexed_sum(
             products,
             adj_idx=adj_idx,
