@@ -307,9 +307,7 @@ def test_edge_blocks_are_the_same_function(factored, rng):
         np.testing.assert_allclose(g4, g, rtol=1e-10, atol=1e-12)
     # no weights given: every edge counts once, padded edges (index N) still count nothing
     y_none = _sparse(layer, params, x, b, None, dst, src)
-    y4_none = jax.jit(
-        lambda: layer.apply(params, x, b, dst_idx=dst, src_idx=src, edge_chunk=3)
-    )()
+    y4_none = jax.jit(lambda: layer.apply(params, x, b, dst_idx=dst, src_idx=src, edge_chunk=3))()
     np.testing.assert_allclose(y4_none, y_none, rtol=1e-12, atol=1e-12)
 
 
