@@ -55,6 +55,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from e3md.potentials.model import EDGE_CHUNK
 
 SIZES = {"small": (32, 1, 2, 8), "medium": (64, 2, 2, 8)}
 CUTOFF = 5.0  # Å
@@ -187,9 +188,12 @@ class Contender:
     fn: object  # (params, R, neighbor) -> (energy, gradient)
     params: object
     energy: object = None  # (params, R, neighbor) -> energy, for the cross-check
+    flops_fn: object = None  # same function as fn, if XLA's FLOP count of fn would be wrong
 
 
-def build_contenders(size, names, displacement, side, z, R, nbrs, avg_nb, seed=0):
+def build_contenders(
+    size, names, displacement, side, z, R, nbrs, avg_nb, seed=0, edge_chunk=EDGE_CHUNK
+):
     """Build every requested contender for one system; returns {name: Contender}."""
     from e3md.potentials.energy import neighbor_list as e3md_neighbor_list
     from e3md.potentials.model import init_params, species_index
@@ -205,12 +209,24 @@ def build_contenders(size, names, displacement, side, z, R, nbrs, avg_nb, seed=0
         return jax.value_and_grad(energy, argnums=1)
 
     if "e3md" in names:
-        _, energy_fn = e3md_neighbor_list(config, e3md_params, displacement, side, z)
+        _, energy_fn = e3md_neighbor_list(
+            config, e3md_params, displacement, side, z, edge_chunk=edge_chunk
+        )
+        # the same function over all edges at once, only for XLA's FLOP count: the cost
+        # analysis counts the body of the edge-block scan once, not once per block
+        _, energy_all = e3md_neighbor_list(
+            config, e3md_params, displacement, side, z, edge_chunk=None
+        )
 
         def e_e3md(p, R, nb):
             return energy_fn(R, nb, params=p)
 
-        out["e3md"] = Contender("e3md", with_grad(e_e3md), e3md_params, e_e3md)
+        def e_all(p, R, nb):
+            return energy_all(R, nb, params=p)
+
+        out["e3md"] = Contender(
+            "e3md", with_grad(e_e3md), e3md_params, e_e3md, flops_fn=with_grad(e_all)
+        )
 
     for name, fused in (("e3x Fused", True), ("e3x Tensor", False)):
         if name not in names:
@@ -382,7 +398,10 @@ def compile_contender(c: Contender, R, nbrs):
     t0 = time.perf_counter()
     compiled = jax.jit(c.fn).lower(c.params, R, nbrs).compile()
     seconds = time.perf_counter() - t0
-    cost = compiled.cost_analysis()
+    if c.flops_fn is None:
+        cost = compiled.cost_analysis()
+    else:  # HLO cost analysis of the unoptimised program: no XLA compile needed
+        cost = jax.jit(c.flops_fn).lower(c.params, R, nbrs).cost_analysis()
     if isinstance(cost, list | tuple):
         cost = cost[0] if cost else {}
     flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
@@ -423,11 +442,15 @@ def build_system(num_atoms: int, skin: float = 0.0):
     return displacement, side, z, R, nbrs, real, neighbor_fn
 
 
-def run_cell(size, num_atoms, names, rounds, mem_limit, peak, check=True, skin=0.0):
+def run_cell(
+    size, num_atoms, names, rounds, mem_limit, peak, check=True, skin=0.0, edge_chunk=EDGE_CHUNK
+):
     displacement, side, z, R, nbrs, real_edges, neighbor_fn = build_system(num_atoms, skin)
     n = len(z)
     avg_nb = real_edges / n
-    contenders, config = build_contenders(size, names, displacement, side, z, R, nbrs, avg_nb)
+    contenders, config = build_contenders(
+        size, names, displacement, side, z, R, nbrs, avg_nb, edge_chunk=edge_chunk
+    )
     info = dict(size=size, atoms=n, edges=int(nbrs.idx.shape[1]), real_edges=real_edges)
     rows = {}
     compiled = {}
@@ -603,33 +626,56 @@ def _fmt(rows, name):
     return s
 
 
-def largest_fit(size: str, name: str, limit_bytes: float, start_atoms: int = 12288):
+def largest_fit(
+    size: str, name: str, limit_bytes: float, start_atoms: int = 12288, edge_chunk=EDGE_CHUNK
+):
     """Largest water box that ``name`` fits in ``limit_bytes`` (XLA memory analysis).
 
     Compiles (does not run) energy+forces at doubling atom counts from ``start_atoms`` until the
     estimate exceeds the limit, then interpolates linearly between the last two counts (memory
-    is linear in N for every contender at these sizes). Returns a dict with the compiled
-    ``(atoms, GiB)`` points and the interpolated ``atoms`` estimate.
+    is linear in N for every contender at these sizes). If building a system fails first (the
+    jax-md neighbour-list allocation needs host memory too), the last two points are
+    extrapolated and ``error`` says why. Returns a dict with the compiled ``(atoms, GiB)``
+    points, the ``atoms`` estimate and ``error``.
     """
     points = []
+    error = None
     n = start_atoms
     while True:
-        displacement, side, z, R, nbrs, real_edges, neighbor_fn = build_system(n)
-        c, _ = build_contenders(size, [name], displacement, side, z, R, nbrs, real_edges / len(z))
-        *_, xla_bytes = compile_contender(c[name], R, nbrs)
+        try:
+            displacement, side, z, R, nbrs, real_edges, neighbor_fn = build_system(n)
+            c, _ = build_contenders(
+                size,
+                [name],
+                displacement,
+                side,
+                z,
+                R,
+                nbrs,
+                real_edges / len(z),
+                edge_chunk=edge_chunk,
+            )
+            *_, xla_bytes = compile_contender(c[name], R, nbrs)
+        except Exception as exc:  # noqa: BLE001 - e.g. the neighbour list itself out of memory
+            error = f"{n} atoms: {type(exc).__name__}: {str(exc)[:160]}"
+            print(f"#   {name} {size}: {error}", flush=True)
+            break
         points.append((len(z), xla_bytes / 2**30))
         print(f"#   {name} {size}: {len(z)} atoms -> {xla_bytes / 2**30:.2f} GiB (XLA)", flush=True)
         del c, neighbor_fn, nbrs
         if xla_bytes > limit_bytes or len(points) > 8:
             break
         n *= 2
+    if not points:
+        return dict(size=size, model=name, points=[], atoms=None, error=error)
     if len(points) == 1:
         (n1, g1), (n0, g0) = points[0], (0, 0.0)
     else:
         (n0, g0), (n1, g1) = points[-2], points[-1]
     slope = (g1 - g0) / (n1 - n0)
     estimate = n0 + (limit_bytes / 2**30 - g0) / slope
-    return dict(size=size, model=name, points=points, atoms=int(estimate))
+    # beyond the last point (it fitted, the next build failed): a linear extrapolation
+    return dict(size=size, model=name, points=points, atoms=int(estimate), error=error)
 
 
 def main(argv=None):
@@ -645,12 +691,18 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="also write the raw results to this file")
     ap.add_argument("--profile", action="store_true", help="time e3md's components instead")
     ap.add_argument(
+        "--edge-chunk",
+        default=str(EDGE_CHUNK),
+        help=f"e3md's edges per message-passing block ('none': all at once; default {EDGE_CHUNK})",
+    )
+    ap.add_argument(
         "--fit-gib",
         type=float,
         default=None,
         help="instead of timing: largest system each model fits in this many GiB (XLA estimate)",
     )
     args = ap.parse_args(argv)
+    edge_chunk = None if args.edge_chunk.lower() == "none" else int(args.edge_chunk)
     names = [s.strip() for s in args.models.split(",") if s.strip()]
     unknown = sorted(set(names) - set(MODELS))
     if unknown:
@@ -677,11 +729,14 @@ def main(argv=None):
         fits = []
         for size in sizes:
             for name in names:
-                fit = largest_fit(size, name, args.fit_gib * 2**30, start_atoms=atoms[-1])
+                fit = largest_fit(
+                    size, name, args.fit_gib * 2**30, atoms[-1], edge_chunk=edge_chunk
+                )
                 fits.append(fit)
                 print(
                     f"| {size} | {name} | {fit['atoms']} atoms fit in {args.fit_gib:g} GiB | "
                     + ", ".join(f"{a}: {g:.2f} GiB" for a, g in fit["points"])
+                    + (f"; stopped at {fit['error']}" if fit["error"] else "")
                     + " |",
                     flush=True,
                 )
@@ -708,7 +763,7 @@ def main(argv=None):
     results = []
     for size in sizes:
         for n in atoms:
-            info, rows = run_cell(size, n, names, rounds, mem_limit, peak)
+            info, rows = run_cell(size, n, names, rounds, mem_limit, peak, edge_chunk=edge_chunk)
             results.append(dict(info=info, rows=rows))
             cells = " | ".join(_fmt(rows, name) for name in names)
             chk = info.get("e3md_vs_e3x_rel")

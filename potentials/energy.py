@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from e3md.potentials.config import ModelConfig
-from e3md.potentials.model import atomic_energies, species_index
+from e3md.potentials.model import EDGE_CHUNK, atomic_energies, species_index
 from jaxtyping import Array, ArrayLike, Float
 
 from e3md import neighbors as _neighbors
@@ -49,6 +49,7 @@ def neighbor_list(
     fractional_coordinates: bool = False,
     disable_cell_list: bool = False,
     periodic: bool | None = None,
+    edge_chunk: int | None = EDGE_CHUNK,
     **nl_kwargs: Any,
 ):
     """Build ``(neighbor_fn, energy_fn)`` for an e3md model, jax-md style (Sparse format).
@@ -66,6 +67,10 @@ def neighbor_list(
       fractional_coordinates: must match the ``displacement_fn``.
       disable_cell_list: test all pairs (O(N^2)).
       periodic: see :func:`e3md.neighbors.neighbor_list` (default ``box is not None``).
+      edge_chunk: edges per block of message passing (see
+        :func:`e3md.potentials.model.atomic_energies`; ``None``: all at once). The default
+        was chosen on CPU; on a GPU, larger blocks or ``None`` may be faster (measure with
+        ``benchmarks/bench_performance.py --edge-chunk``).
       **nl_kwargs: forwarded to ``jax_md.partition.neighbor_list``.
 
     Returns:
@@ -101,7 +106,7 @@ def neighbor_list(
         dkw = {k: kwargs[k] for k in _DISP_KWARGS if k in kwargs}
         r, src, dst, mask = edge_vectors(displacement_fn, R, neighbor.idx, **dkw)
         atom_mask = jnp.ones(num_atoms, bool)
-        e_i = atomic_energies(config, p, r, z_idx, src, dst, mask, atom_mask)
+        e_i = atomic_energies(config, p, r, z_idx, src, dst, mask, atom_mask, edge_chunk=edge_chunk)
         return e_i if per_atom else jnp.sum(e_i)
 
     return neighbor_fn, energy_fn

@@ -6,6 +6,7 @@ Parameter tree (identical to e3x's, so e3x parameters apply unchanged)::
      'fused_tensor': <FusedTensor tree>}              # or 'tensor' with use_fused_tensor=False
 """
 
+import functools
 import math
 from typing import Any
 
@@ -50,7 +51,18 @@ def _factored_filters(dense: Dense, radial, angular):
 
 
 def _chunked_messages(
-    inputs, basis, weights, src_idx, dst_idx, *, num_segments, edge_chunk, dense, tensor, params
+    inputs,
+    basis,
+    weights,
+    src_idx,
+    dst_idx,
+    *,
+    num_segments,
+    edge_chunk,
+    indices_are_sorted,
+    dense,
+    tensor,
+    params,
 ):
     """``MessagePass`` over blocks of ``edge_chunk`` edges, accumulated by ``lax.scan``.
 
@@ -58,7 +70,8 @@ def _chunked_messages(
     the receivers under ``jax.checkpoint``: the backward pass recomputes a block instead of
     storing its ``[edge_chunk, P, LM, F]`` intermediates, so only per-node arrays and the
     (small) per-edge basis and indices are kept. Padding edges (to a whole number of blocks)
-    carry zero weight and the out-of-range receiver ``num_segments``, so they add exactly 0.
+    carry zero weight and the out-of-range receiver ``num_segments`` (last, so sorted receivers
+    stay sorted), so they add exactly 0.
     """
     num_edges = src_idx.shape[0]
     blocks = -(-num_edges // edge_chunk)
@@ -89,7 +102,9 @@ def _chunked_messages(
         gathered = gather_src(inputs, src_idx=src) * w
         filters = _factored_filters(dense_fn, *b) if factored else dense_fn(b)
         products = tensor_fn(filters, gathered)
-        return indexed_sum(products, dst_idx=dst, num_segments=num_segments)
+        return indexed_sum(
+            products, dst_idx=dst, num_segments=num_segments, indices_are_sorted=indices_are_sorted
+        )
 
     block = jax.checkpoint(block, prevent_cse=False)
     first = jax.tree.map(lambda a: a[0], xs)
@@ -228,14 +243,13 @@ class MessagePass(nn.Module):
         if adj_idx is not None and (dst_idx is not None or src_idx is not None):
             raise ValueError("give either adj_idx or dst_idx/src_idx, not both")
         num_nodes = inputs.shape[-4]
-        gathered = gather_src(inputs, adj_idx=adj_idx, src_idx=src_idx)
-        if weights is not None:
-            if not _broadcastable(gathered.shape, jnp.shape(weights)):
-                raise ValueError(
-                    f"weights with shape {jnp.shape(weights)} do not broadcast to the gathered "
-                    f"inputs of shape {gathered.shape}"
-                )
-            gathered = gathered * weights
+        gather = functools.partial(gather_src, adj_idx=adj_idx, src_idx=src_idx)
+        gathered_shape = jax.eval_shape(gather, inputs).shape  # gathered only where needed
+        if weights is not None and not _broadcastable(gathered_shape, jnp.shape(weights)):
+            raise ValueError(
+                f"weights with shape {jnp.shape(weights)} do not broadcast to the gathered "
+                f"inputs of shape {gathered_shape}"
+            )
         factored = isinstance(basis, tuple | list)
         if factored:
             radial, angular = basis
@@ -249,10 +263,10 @@ class MessagePass(nn.Module):
                 raise ValueError("a factored basis cannot be used with use_basis_bias=True")
         else:
             edge_shape, shown = basis.shape[:-3], basis.shape
-        if edge_shape != gathered.shape[:-3]:
+        if edge_shape != gathered_shape[:-3]:
             raise ValueError(
                 f"basis of shape {shown} does not match the edges of the index list "
-                f"(expected leading shape {gathered.shape[:-3]})"
+                f"(expected leading shape {gathered_shape[:-3]})"
             )
         if num_segments is None:
             num_segments = num_nodes
@@ -289,6 +303,7 @@ class MessagePass(nn.Module):
                 dst_idx,
                 num_segments=num_segments,
                 edge_chunk=edge_chunk,
+                indices_are_sorted=indices_are_sorted,
                 dense=dense,
                 tensor=tensor,
                 params=self.variables["params"],
@@ -297,6 +312,9 @@ class MessagePass(nn.Module):
             filters = _factored_filters(dense, radial, angular)
         else:
             filters = dense(basis)
+        gathered = gather(inputs)
+        if weights is not None:
+            gathered = gathered * weights
         products = tensor(filters, gathered)
         return indexed_sum(
             products,
