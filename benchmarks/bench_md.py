@@ -2,11 +2,11 @@
 
 Systems: ethanol (9 atoms, free space) and a periodic box of ethanol molecules on a grid
 (``--grid 7`` -> 343 molecules, 3087 atoms). The e3md potential has the rMD17-ethanol
-architecture (``potentials/configs/rmd17-ethanol.toml``: cutoff 5 Å, L = 2, 32 features,
+architecture (``potentials/configs/rmd17-ethanol.toml``: cutoff 5 Å, L = 2, 64 features,
 2 iterations), shipped parameters if available, random ones otherwise (speed does not depend on
 the values). The peer is jax-md's NequIP (``jax_md.energy.nequip_neighbor_list``, needs
-e3nn-jax) with a comparable size (2 layers, 32x0e+32x1e+32x2e, r_max 5 Å), run by the *same*
-driver, so the ratio compares the potentials.
+e3nn-jax) of the same size (as many layers, ``F x 0e + F x 1o + F x 2e``, the same r_max),
+run by the *same* driver, so the ratio compares the potentials.
 
 "host fraction" = time spent on the host between chunks (overflow check, logging) divided by
 the loop time, measured by :func:`e3md.integrators.run_md` itself (the first, compiling call is
@@ -55,8 +55,8 @@ def e3md_builder():
         source = "shipped rmd17-ethanol"
     else:
         config = ModelConfig(
-            species=(1, 6, 8), cutoff=5.0, max_degree=2, num_features=32, num_iterations=2,
-            num_basis=8, readout_features=32, dtype="float32",
+            species=(1, 6, 8), cutoff=5.0, max_degree=2, num_features=64, num_iterations=2,
+            num_basis=8, readout_features=64, dtype="float32",
         )  # fmt: skip
         pot = Potential.init(config, jax.random.PRNGKey(0))
         source = "random parameters, rmd17-ethanol architecture"
@@ -71,18 +71,22 @@ def e3md_builder():
         f" (cutoff {c.cutoff} Å, L={c.max_degree}, F={c.num_features}, "
         f"T={c.num_iterations}, {c.dtype})"
     )
-    return build, pot.cutoff, source
+    return build, pot.config, source
 
 
-def nequip_builder():
+def nequip_builder(config):
+    """jax-md NequIP of the e3md potential's size: F x 0e + F x 1o (+ F x 2e ...), T layers."""
     import jax.numpy as jnp
     from jax_md import energy
 
+    f, lmax = config.num_features, config.max_degree
+    irreps = " + ".join(f"{f}x{l}{'eo'[l % 2]}" for l in range(lmax + 1))
     cfg = energy.nequip.default_config()
-    cfg.graph_net_steps = 2
-    cfg.hidden_irreps = "32x0e + 32x1e + 32x2e"
+    cfg.graph_net_steps = config.num_iterations
+    cfg.hidden_irreps = irreps
+    cfg.sh_irreps = " + ".join(f"1x{l}{'eo'[l % 2]}" for l in range(lmax + 1))
     cfg.n_elements = 3
-    cfg.r_max = 5.0
+    cfg.r_max = config.cutoff
     cfg.n_neighbors = 10.0
     cfg.shift, cfg.scale = 0.0, 1.0
 
@@ -102,7 +106,8 @@ def nequip_builder():
 
         return neighbor_fn, energy_fn
 
-    return build, 5.0, "jax-md NequIP, 2 layers, 32x0e+32x1e+32x2e, random parameters"
+    source = f"jax-md NequIP, {config.num_iterations} layers, {irreps}, random parameters"
+    return build, config.cutoff, source
 
 
 def bench(name, atoms, builder, cutoff, steps, chunk):
@@ -150,7 +155,8 @@ def main():
     args = ap.parse_args()
     print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({platform.processor()}), "
           f"float32")  # fmt: skip
-    e_build, cutoff, source = e3md_builder()
+    e_build, config, source = e3md_builder()
+    cutoff = config.cutoff
     print(f"e3md potential: {source}")
     wanted = args.systems.split(",")
     systems = []
@@ -163,7 +169,7 @@ def main():
     for name, atoms, steps, chunk in systems:
         rows.append(bench(f"e3md  {name}", atoms, e_build, cutoff, steps, chunk))
         if not args.no_nequip:
-            n_build, n_cut, n_source = nequip_builder()
+            n_build, n_cut, n_source = nequip_builder(config)
             r = bench(f"nequip {name}", atoms, n_build, n_cut, steps, chunk)
             r["ratio"] = rows[-1]["steps/s"] / r["steps/s"]
             print(f"  e3md / jax-md nequip speed ratio: {r['ratio']:.2f}  ({n_source})")
