@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 # Edges per block of the message-passing scan (``atomic_energies(edge_chunk=...)``). Chosen by
-# measurement (BENCHMARKS.md, "Edge blocks"): on 2 CPU cores 1024 was fastest among 256-4096
+# measurement (BENCHMARKS.md, "edge blocks"): on 2 CPU cores 1024 was fastest among 256-4096
 # for both benchmark sizes at 192-12288 atoms; [1024, 9, 64] float32 intermediates are 2.4 MB.
 EDGE_CHUNK = 1024
 
