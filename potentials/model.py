@@ -199,7 +199,12 @@ class EnergyModel(nn.Module):
         # exact zeros for padded edges; 1/n̄ normalisation folded into the same multiply
         weights = (mask.astype(dtype) / cfg.avg_num_neighbors)[:, None, None, None]
 
-        x = enn.Embed(num_embeddings=cfg.num_species, features=F, **kw)(z)  # [N,1,1,F]
+        # the embedding table [S,1,1,F]: the first message pass sums its edges per (receiver,
+        # sender species) before the F-wide filter and product (MessagePass input_index)
+        table = enn.Embed(num_embeddings=cfg.num_species, features=F, **kw)(
+            jnp.arange(cfg.num_species)
+        )
+        x = table[z]  # [N,1,1,F]
         for t in range(cfg.num_iterations):
             last = t == cfg.num_iterations - 1
             out_degree = 0 if last else L
@@ -211,13 +216,14 @@ class EnergyModel(nn.Module):
                 name=f"message_{t}",
                 **kw,
             )(
-                x,
+                table if t == 0 else x,
                 basis,
                 weights,
                 src_idx=src_c,
                 dst_idx=dst_c,
                 num_segments=num_atoms,
                 edge_chunk=edge_chunk,
+                input_index=z if t == 0 else None,
             )
             x = _pad_degree(x, out_degree) + enn.Dense(F, name=f"update_{t}", **kw)(m)
             if cfg.self_product and out_degree > 0:

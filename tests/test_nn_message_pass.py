@@ -351,3 +351,43 @@ def test_edge_blocks_need_a_sparse_list(rng):
         layer.apply(params, x, b[: 2 * N].reshape(N, 2, *b.shape[1:]), adj_idx=adj, edge_chunk=4)
     with pytest.raises(ValueError, match="edge_chunk"):
         layer.apply(params, x, b, dst_idx=dst, src_idx=src, edge_chunk=0)
+
+
+@pytest.mark.parametrize("factored, chunk", [(False, None), (True, None), (True, 3)])
+def test_class_inputs_are_the_same_function(factored, chunk, rng):
+    """``input_index``: inputs given as a table of node classes (the species embedding of a
+    first iteration) -- basis summed per (receiver, class), then filter and product -- equal
+    the messages of the gathered per-node inputs, values and gradients (table, basis, params)."""
+    pos, _, dst, src = _system(rng, jnp.float64)
+    classes = jnp.asarray(rng.integers(0, 3, N))
+    table = jnp.asarray(rng.normal(size=(3, 1, 1, F)))
+    assert len(set(np.asarray(classes).tolist())) > 1
+    b = (_edge_basis_factors if factored else _edge_basis)(pos, dst, src, 2)
+    layer = MessagePass(param_dtype=jnp.float64, max_degree=2, include_pseudotensors=False)
+    params = _random_params(layer, rng, table[classes], b, dst_idx=dst, src_idx=src)
+    w = jnp.asarray(rng.uniform(size=(dst.shape[0], 1, 1, 1)))
+
+    @jax.jit
+    def run(params, table, b):
+        def f(params, table, b, by_class):
+            kw = dict(input_index=classes) if by_class else {}
+            x = table if by_class else table[classes]
+            y = layer.apply(params, x, b, w, dst_idx=dst, src_idx=src, edge_chunk=chunk, **kw)
+            return jnp.sum(jnp.sin(y)), y
+
+        grad = jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True)
+        return grad(params, table, b, False), grad(params, table, b, True)
+
+    ((_, y), g), ((_, y_cls), g_cls) = run(params, table, b)
+    assert y_cls.shape == y.shape == (N, 1, 9, F)
+    assert float(jnp.max(jnp.abs(y[:, :, 1:]))) > 1e-3
+    np.testing.assert_allclose(y_cls, y, rtol=1e-12, atol=1e-12)
+    for a, e in zip(jax.tree.leaves(g_cls), jax.tree.leaves(g), strict=True):
+        np.testing.assert_allclose(a, e, rtol=1e-10, atol=1e-12)
+    # parameters created through the class path have the ordinary tree
+    assert _shapes(layer, table, b, dst_idx=dst, src_idx=src, input_index=classes) == _shapes(
+        layer, table[classes], b, dst_idx=dst, src_idx=src
+    )
+    with pytest.raises(ValueError, match="scalar weights"):
+        layer.apply(params, table, b, jnp.ones((dst.shape[0], 1, 1, F)), dst_idx=dst,
+                    src_idx=src, input_index=classes)  # fmt: skip

@@ -50,6 +50,52 @@ def _factored_filters(dense: Dense, radial, angular):
     return r * angular[..., None].astype(r.dtype)
 
 
+def _sum_over_edge_blocks(block, edge_arrays, fills, edge_chunk):
+    """``sum_b block(*edge_arrays[b])`` over blocks of ``edge_chunk`` edges (``lax.scan``).
+
+    ``edge_arrays`` is a tuple of pytrees of per-edge arrays (leading axis E); the last block is
+    padded with ``fills`` (one per entry), which must make ``block`` contribute 0. ``block``
+    runs under ``jax.checkpoint``: the backward pass recomputes a block instead of storing its
+    intermediates, so only the accumulated result and the inputs are kept.
+    """
+    num_edges = jax.tree.leaves(edge_arrays)[0].shape[0]
+    blocks = -(-num_edges // edge_chunk)
+    pad = blocks * edge_chunk - num_edges
+
+    def blocked(a, fill):
+        a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1), constant_values=fill)
+        return a.reshape(blocks, edge_chunk, *a.shape[1:])
+
+    xs = tuple(
+        jax.tree.map(functools.partial(blocked, fill=fill), a)
+        for a, fill in zip(edge_arrays, fills, strict=True)
+    )
+    block = jax.checkpoint(block, prevent_cse=False)
+    out = jax.eval_shape(block, *jax.tree.map(lambda a: a[0], xs))
+
+    def step(acc, x):
+        return acc + block(*x), None
+
+    acc, _ = jax.lax.scan(step, jnp.zeros(out.shape, out.dtype), xs)
+    return acc
+
+
+def _edge_sum(block, edge_arrays, fills, edge_chunk):
+    """``block`` over all edges at once, or summed over blocks of ``edge_chunk`` edges."""
+    if edge_chunk is None:
+        return block(*edge_arrays)
+    return _sum_over_edge_blocks(block, edge_arrays, fills, edge_chunk)
+
+
+def _edge_weights(weights, num_edges, dtype):
+    if weights is None:
+        return jnp.ones((num_edges, 1, 1, 1), dtype)
+    weights = jnp.asarray(weights)
+    if weights.ndim < 4 or weights.shape[0] != num_edges:
+        weights = jnp.broadcast_to(weights, (num_edges, *jnp.shape(weights)[-3:]))
+    return weights
+
+
 def _chunked_messages(
     inputs,
     basis,
@@ -67,34 +113,15 @@ def _chunked_messages(
     """``MessagePass`` over blocks of ``edge_chunk`` edges, accumulated by ``lax.scan``.
 
     Each block gathers its senders, builds its filters, forms the products and sums them into
-    the receivers under ``jax.checkpoint``: the backward pass recomputes a block instead of
-    storing its ``[edge_chunk, P, LM, F]`` intermediates, so only per-node arrays and the
-    (small) per-edge basis and indices are kept. Padding edges (to a whole number of blocks)
-    carry zero weight and the out-of-range receiver ``num_segments`` (last, so sorted receivers
-    stay sorted), so they add exactly 0.
+    the receivers, recomputed in the backward pass (:func:`_sum_over_edge_blocks`), so no
+    ``[E, P, LM, F]`` intermediate is stored; only per-node arrays and the (small) per-edge
+    basis and indices are kept. Padding edges (to a whole number of blocks) carry zero weight
+    and the out-of-range receiver ``num_segments`` (last, so sorted receivers stay sorted).
     """
-    num_edges = src_idx.shape[0]
-    blocks = -(-num_edges // edge_chunk)
-    pad = blocks * edge_chunk - num_edges
     factored = isinstance(basis, tuple | list)
-    if weights is None:
-        weights = jnp.ones((num_edges, 1, 1, 1), inputs.dtype)
-    weights = jnp.asarray(weights)
-    if weights.ndim < 4 or weights.shape[0] != num_edges:
-        weights = jnp.broadcast_to(weights, (num_edges, *weights.shape[-3:]))
+    weights = _edge_weights(weights, src_idx.shape[0], inputs.dtype)
     # unbound copies, bound inside the block: flax modules must not cross a jax transform
     dense, tensor = dense.clone(parent=None), tensor.clone(parent=None)
-
-    def blocked(a, fill=0):
-        a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1), constant_values=fill)
-        return a.reshape(blocks, edge_chunk, *a.shape[1:])
-
-    xs = (
-        tuple(blocked(b) for b in basis) if factored else blocked(basis),
-        blocked(weights),
-        blocked(src_idx),
-        blocked(dst_idx, fill=num_segments),
-    )
 
     def block(b, w, src, dst):
         dense_fn = dense.bind({"params": params["filter"]})
@@ -106,15 +133,39 @@ def _chunked_messages(
             products, dst_idx=dst, num_segments=num_segments, indices_are_sorted=indices_are_sorted
         )
 
-    block = jax.checkpoint(block, prevent_cse=False)
-    first = jax.tree.map(lambda a: a[0], xs)
-    out = jax.eval_shape(block, *first)
+    edge_arrays = (tuple(basis) if factored else basis, weights, src_idx, dst_idx)
+    return _sum_over_edge_blocks(block, edge_arrays, (0, 0, 0, num_segments), edge_chunk)
 
-    def step(acc, x):
-        return acc + block(*x), None
 
-    acc, _ = jax.lax.scan(step, jnp.zeros(out.shape, out.dtype), xs)
-    return acc
+def _class_messages(
+    table, basis, weights, src_idx, dst_idx, input_index, *, num_segments, edge_chunk, dense, tensor
+):
+    r"""``MessagePass`` for inputs that depend only on the sender's class: ``x_j = t[c_j]``.
+
+    The product is bilinear and the filter linear in the basis, so
+    :math:`\sum_j w_{ij} T(\mathrm{Dense}(b_{ij}), t_{c_j}) = \sum_s T(\mathrm{Dense}(B_{is}),
+    t_s)` with :math:`B_{is} = \sum_{j: c_j = s} w_{ij} b_{ij}`: the edges only sum their
+    basis ``[1, LMb, K]`` per (receiver, class) and the F-wide filter and product run once per
+    receiver and class -- per-edge work O(LMb K) instead of O(LMb F).
+    """
+    num_classes = table.shape[0]
+    factored = isinstance(basis, tuple | list)
+    weights = _edge_weights(weights, src_idx.shape[0], table.dtype)
+    cls = jnp.take(input_index, src_idx, mode="clip")
+    seg = jnp.where(dst_idx < num_segments, dst_idx * num_classes + cls, num_segments * num_classes)
+
+    def block(b, w, seg):
+        if factored:
+            radial, angular = b
+            b = angular[..., None] * radial[..., None, None, :]  # [E, 1, LMb, K]
+        return jax.ops.segment_sum(b * w, seg, num_segments=num_segments * num_classes)
+
+    edge_arrays = (tuple(basis) if factored else basis, weights, seg)
+    summed = _edge_sum(block, edge_arrays, (0, 0, num_segments * num_classes), edge_chunk)
+    filters = dense(summed)  # [N*S, 1, LMb, F]
+    x = jnp.broadcast_to(table, (num_segments, *table.shape)).reshape(-1, *table.shape[1:])
+    products = tensor(filters, x)
+    return products.reshape(num_segments, num_classes, *products.shape[1:]).sum(axis=1)
 
 
 class MessagePass(nn.Module):
@@ -198,6 +249,7 @@ class MessagePass(nn.Module):
         num_segments: int | None = None,
         indices_are_sorted: bool = False,
         edge_chunk: int | None = None,
+        input_index: Integer[Array, " N"] | None = None,
     ) -> Float[Array, "... N P3 LM3 F"]:
         """Computes the messages ``m[..., N, P3, (L3+1)**2, F]``.
 
@@ -222,6 +274,12 @@ class MessagePass(nn.Module):
             no ``[E, P, LM, F]`` tensor is ever stored, in the forward or the backward pass:
             memory O(N + edge_chunk) instead of O(E) per-edge features, for the same function
             (summation order aside). ``None`` (default) or ``>= E``: all edges at once.
+          input_index: sparse, unbatched lists only: ``inputs`` is then a table
+            ``[S, P, LM, F]`` of node classes (e.g. a species embedding) and node ``j`` has the
+            features ``inputs[input_index[j]]``. The same function, computed by summing the
+            weighted basis per (receiver, sender class) first and applying filter and product
+            per receiver and class: per-edge work O(LMb K) instead of O(LMb F). Needs per-edge
+            scalar ``weights`` (``[E, 1, 1, 1]``) and ``use_basis_bias=False``.
 
         Returns:
           Messages per node.
@@ -243,6 +301,22 @@ class MessagePass(nn.Module):
         if adj_idx is not None and (dst_idx is not None or src_idx is not None):
             raise ValueError("give either adj_idx or dst_idx/src_idx, not both")
         num_nodes = inputs.shape[-4]
+        table = None
+        if input_index is not None:
+            if adj_idx is not None or src_idx.ndim != 1 or input_index.ndim != 1:
+                raise ValueError(
+                    "input_index needs an unbatched sparse index list and indices of shape [N], "
+                    f"received input_index of shape {input_index.shape}"
+                )
+            if self.use_basis_bias:
+                raise ValueError("input_index cannot be used with use_basis_bias=True")
+            if weights is not None and any(d != 1 for d in jnp.shape(weights)[1:]):
+                raise ValueError(
+                    "input_index needs per-edge scalar weights [E, 1, 1, 1], received shape "
+                    f"{jnp.shape(weights)}"
+                )
+            table, inputs = inputs, jnp.take(inputs, input_index, axis=0, mode="clip")
+            num_nodes = input_index.shape[0]
         gather = functools.partial(gather_src, adj_idx=adj_idx, src_idx=src_idx)
         gathered_shape = jax.eval_shape(gather, inputs).shape  # gathered only where needed
         if weights is not None and not _broadcastable(gathered_shape, jnp.shape(weights)):
@@ -294,6 +368,19 @@ class MessagePass(nn.Module):
             # init creates the parameters by one ordinary call
             if edge_chunk >= src_idx.shape[0] or self.is_initializing():
                 edge_chunk = None
+        if table is not None and not self.is_initializing():
+            return _class_messages(
+                table,
+                basis,
+                weights,
+                src_idx,
+                dst_idx,
+                input_index,
+                num_segments=num_segments,
+                edge_chunk=edge_chunk,
+                dense=dense,
+                tensor=tensor,
+            )
         if edge_chunk is not None:
             return _chunked_messages(
                 inputs,
