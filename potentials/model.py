@@ -42,6 +42,11 @@ Measured (BENCHMARKS.md, "Potential"): on a quick ethanol fit (400 structures, 6
 self-product lowered the validation force MAE from 124.7 to 96.8 meV/Å for 1.27x the FLOPs of
 energy + forces, so ``self_product=True`` is the default.
 
+Evaluation (the same function, cheaper): the first iteration's inputs are the species
+embedding, so its messages are formed per (receiver, sender species) from the summed basis
+(``MessagePass(input_index=...)``), and message passing runs over blocks of ``edge_chunk``
+edges so that no edge-sized feature tensor is stored (``atomic_energies``; BENCHMARKS.md).
+
 Padding rules: edges with ``edge_mask = False`` or whose endpoints are padded atoms and atoms with
 ``atom_mask = False`` contribute exactly zero (the mask multiplies the gathered sender features,
 and the tensor product is bilinear), and padded entries never produce NaNs in values or
