@@ -309,6 +309,13 @@ def test_edge_blocks_are_the_same_function(factored, rng):
     y_none = _sparse(layer, params, x, b, None, dst, src)
     y4_none = jax.jit(lambda: layer.apply(params, x, b, dst_idx=dst, src_idx=src, edge_chunk=3))()
     np.testing.assert_allclose(y4_none, y_none, rtol=1e-12, atol=1e-12)
+    # one weight for all edges (a scalar, broadcast like numpy against [E, P, LM, F])
+    y_half = _sparse(layer, params, x, b, 0.5, dst, src)
+    y4_half = jax.jit(
+        lambda: layer.apply(params, x, b, 0.5, dst_idx=dst, src_idx=src, edge_chunk=3)
+    )()
+    np.testing.assert_allclose(y4_half, y_half, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(y_half, 0.5 * y_none, rtol=1e-12, atol=1e-12)
 
 
 def test_edge_blocks_bound_the_memory():

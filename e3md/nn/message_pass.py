@@ -88,12 +88,12 @@ def _edge_sum(block, edge_arrays, fills, edge_chunk):
 
 
 def _edge_weights(weights, num_edges, dtype):
+    """Weights broadcastable to ``[E, P, LM, F]`` as an array with the edge axis, ``[E, ...]``."""
     if weights is None:
         return jnp.ones((num_edges, 1, 1, 1), dtype)
     weights = jnp.asarray(weights)
-    if weights.ndim < 4 or weights.shape[0] != num_edges:
-        weights = jnp.broadcast_to(weights, (num_edges, *jnp.shape(weights)[-3:]))
-    return weights
+    weights = weights.reshape((1,) * (4 - weights.ndim) + weights.shape)  # numpy alignment
+    return jnp.broadcast_to(weights, (num_edges, *weights.shape[1:]))
 
 
 def _chunked_messages(
