@@ -50,6 +50,20 @@ def _factored_filters(dense: Dense, radial, angular):
     return r * angular[..., None].astype(r.dtype)
 
 
+def _edge_messages(inputs, basis, weights, dense, tensor, *, src_idx, adj_idx=None, **sum_kwargs):
+    """Filters from the basis, times the (weighted) gathered senders, summed into receivers:
+    the per-edge work of :class:`MessagePass`, whether over all edges or one block of them.
+    ``sum_kwargs`` go to :func:`indexed_sum`."""
+    if isinstance(basis, tuple | list):
+        filters = _factored_filters(dense, *basis)
+    else:
+        filters = dense(basis)
+    gathered = gather_src(inputs, adj_idx=adj_idx, src_idx=src_idx)
+    if weights is not None:
+        gathered = gathered * weights
+    return indexed_sum(tensor(filters, gathered), adj_idx=adj_idx, **sum_kwargs)
+
+
 def _sum_over_edge_blocks(block, edge_arrays, fills, edge_chunk):
     """``sum_b block(*edge_arrays[b])`` over blocks of ``edge_chunk`` edges (``lax.scan``).
 
@@ -124,13 +138,16 @@ def _chunked_messages(
     dense, tensor = dense.clone(parent=None), tensor.clone(parent=None)
 
     def block(b, w, src, dst):
-        dense_fn = dense.bind({"params": params["filter"]})
-        tensor_fn = tensor.bind({"params": params[tensor.name]})
-        gathered = gather_src(inputs, src_idx=src) * w
-        filters = _factored_filters(dense_fn, *b) if factored else dense_fn(b)
-        products = tensor_fn(filters, gathered)
-        return indexed_sum(
-            products, dst_idx=dst, num_segments=num_segments, indices_are_sorted=indices_are_sorted
+        return _edge_messages(
+            inputs,
+            b,
+            w,
+            dense.bind({"params": params["filter"]}),
+            tensor.bind({"params": params[tensor.name]}),
+            src_idx=src,
+            dst_idx=dst,
+            num_segments=num_segments,
+            indices_are_sorted=indices_are_sorted,
         )
 
     edge_arrays = (tuple(basis) if factored else basis, weights, src_idx, dst_idx)
@@ -317,8 +334,9 @@ class MessagePass(nn.Module):
                 )
             table, inputs = inputs, jnp.take(inputs, input_index, axis=0, mode="clip")
             num_nodes = input_index.shape[0]
+        # shape only: the senders are gathered where the messages are formed
         gather = functools.partial(gather_src, adj_idx=adj_idx, src_idx=src_idx)
-        gathered_shape = jax.eval_shape(gather, inputs).shape  # gathered only where needed
+        gathered_shape = jax.eval_shape(gather, inputs).shape
         if weights is not None and not _broadcastable(gathered_shape, jnp.shape(weights)):
             raise ValueError(
                 f"weights with shape {jnp.shape(weights)} do not broadcast to the gathered "
@@ -395,16 +413,13 @@ class MessagePass(nn.Module):
                 tensor=tensor,
                 params=self.variables["params"],
             )
-        if factored:
-            filters = _factored_filters(dense, radial, angular)
-        else:
-            filters = dense(basis)
-        gathered = gather(inputs)
-        if weights is not None:
-            gathered = gathered * weights
-        products = tensor(filters, gathered)
-        return indexed_sum(
-            products,
+        return _edge_messages(
+            inputs,
+            basis,
+            weights,
+            dense,
+            tensor,
+            src_idx=src_idx,
             adj_idx=adj_idx,
             where=where,
             dst_idx=dst_idx,
