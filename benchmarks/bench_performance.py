@@ -218,12 +218,10 @@ def build_contenders(
             config, e3md_params, displacement, side, z, edge_chunk=None
         )
 
-        def e_e3md(p, R, nb):
-            return energy_fn(R, nb, params=p)
+        def params_first(energy_fn):
+            return lambda p, R, nb: energy_fn(R, nb, params=p)
 
-        def e_all(p, R, nb):
-            return energy_all(R, nb, params=p)
-
+        e_e3md, e_all = params_first(energy_fn), params_first(energy_all)
         out["e3md"] = Contender(
             "e3md", with_grad(e_e3md), e3md_params, e_e3md, flops_fn=with_grad(e_all)
         )
