@@ -29,6 +29,11 @@ edges only, no padding, 3 x forward for energy+forces); memory = XLA memory anal
 compiled program (arguments + outputs + temporaries, GiB) and the measured peak RSS growth of
 the process during the first call (VmHWM after resetting it, minus the RSS before).
 
+XLA options: e3md compiles with its own (``e3md.compiler``: on CPU the classic fusion emitter),
+as every e3md entry point does; the peers with XLA's defaults, as their users run them.
+``--peers-with-e3md-options`` gives the peers e3md's options too (how much of a ratio is the
+option). The header line prints the options used.
+
 A contender whose XLA memory estimate exceeds ``--mem-limit-gib`` (default: 90 % of the
 available RAM) is compiled and reported but not run ("does not fit").
 
@@ -39,6 +44,7 @@ Usage::
     python benchmarks/bench_performance.py --large     # + 12288 atoms and ~100k
     python benchmarks/bench_performance.py --models e3md --atoms 98304 --fit-gib 24
     python benchmarks/bench_performance.py --models e3md,nequip --atoms 1536 --sizes medium
+    python benchmarks/bench_performance.py --peers-with-e3md-options
 """
 
 import argparse
@@ -189,15 +195,31 @@ class Contender:
     params: object
     energy: object = None  # (params, R, neighbor) -> energy, for the cross-check
     flops_fn: object = None  # same function as fn, if XLA's FLOP count of fn would be wrong
+    compiler_options: dict = dataclasses.field(default_factory=dict)  # XLA options of its jit
 
 
 def build_contenders(
-    size, names, displacement, side, z, R, nbrs, avg_nb, seed=0, edge_chunk=EDGE_CHUNK
+    size,
+    names,
+    displacement,
+    side,
+    z,
+    R,
+    nbrs,
+    avg_nb,
+    seed=0,
+    edge_chunk=EDGE_CHUNK,
+    peer_options=None,
 ):
-    """Build every requested contender for one system; returns {name: Contender}."""
+    """Build every requested contender for one system; returns {name: Contender}.
+
+    e3md compiles with e3md's XLA options (``e3md.compiler``, as every e3md jit does); the
+    peers with ``peer_options`` (default: XLA's defaults, as their users would run them).
+    """
     from e3md.potentials.energy import neighbor_list as e3md_neighbor_list
     from e3md.potentials.model import init_params, species_index
 
+    from e3md.compiler import compiler_options
     from e3md.graph import edge_vectors
 
     config = e3md_config(size, avg_nb)
@@ -223,7 +245,12 @@ def build_contenders(
 
         e_e3md, e_all = params_first(energy_fn), params_first(energy_all)
         out["e3md"] = Contender(
-            "e3md", with_grad(e_e3md), e3md_params, e_e3md, flops_fn=with_grad(e_all)
+            "e3md",
+            with_grad(e_e3md),
+            e3md_params,
+            e_e3md,
+            flops_fn=with_grad(e_all),
+            compiler_options=compiler_options(),
         )
 
     for name, fused in (("e3x Fused", True), ("e3x Tensor", False)):
@@ -240,7 +267,9 @@ def build_contenders(
         else:
             r, src, dst, mask = edge_vectors(displacement, R, nbrs.idx)
             params = jax.jit(module.init)(jax.random.PRNGKey(seed), r, zi, src, dst, mask)
-        out[name] = Contender(name, with_grad(e_peer), params, e_peer)
+        out[name] = Contender(
+            name, with_grad(e_peer), params, e_peer, None, dict(peer_options or {})
+        )
 
     if "nequip" in names:
         from jax_md import energy as jmd_energy
@@ -261,7 +290,9 @@ def build_contenders(
             displacement, side, cfg, atoms=atoms
         )
         params = jax.jit(init_fn)(jax.random.PRNGKey(seed), R, nbrs)
-        out["nequip"] = Contender("nequip", with_grad(nq_energy), params, nq_energy)
+        out["nequip"] = Contender(
+            "nequip", with_grad(nq_energy), params, nq_energy, None, dict(peer_options or {})
+        )
     return out, config
 
 
@@ -394,7 +425,8 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
 def compile_contender(c: Contender, R, nbrs):
     """Compile ``c.fn`` for these shapes; returns (compiled, seconds, flops, xla bytes)."""
     t0 = time.perf_counter()
-    compiled = jax.jit(c.fn).lower(c.params, R, nbrs).compile()
+    compiled = jax.jit(c.fn, compiler_options=c.compiler_options or None)
+    compiled = compiled.lower(c.params, R, nbrs).compile()
     seconds = time.perf_counter() - t0
     if c.flops_fn is None:
         cost = compiled.cost_analysis()
@@ -441,13 +473,31 @@ def build_system(num_atoms: int, skin: float = 0.0):
 
 
 def run_cell(
-    size, num_atoms, names, rounds, mem_limit, peak, check=True, skin=0.0, edge_chunk=EDGE_CHUNK
+    size,
+    num_atoms,
+    names,
+    rounds,
+    mem_limit,
+    peak,
+    check=True,
+    skin=0.0,
+    edge_chunk=EDGE_CHUNK,
+    peer_options=None,
 ):
     displacement, side, z, R, nbrs, real_edges, neighbor_fn = build_system(num_atoms, skin)
     n = len(z)
     avg_nb = real_edges / n
     contenders, config = build_contenders(
-        size, names, displacement, side, z, R, nbrs, avg_nb, edge_chunk=edge_chunk
+        size,
+        names,
+        displacement,
+        side,
+        z,
+        R,
+        nbrs,
+        avg_nb,
+        edge_chunk=edge_chunk,
+        peer_options=peer_options,
     )
     info = dict(size=size, atoms=n, edges=int(nbrs.idx.shape[1]), real_edges=real_edges)
     rows = {}
@@ -505,7 +555,9 @@ def run_cell(
 
 
 def _time_compiled(fn, args, rounds):
-    compiled = jax.jit(fn).lower(*args).compile()
+    from e3md.compiler import jit
+
+    compiled = jit(fn).lower(*args).compile()
     jax.block_until_ready(compiled(*args))
     ts = []
     for _ in range(rounds):
@@ -699,6 +751,11 @@ def main(argv=None):
         default=None,
         help="instead of timing: largest system each model fits in this many GiB (XLA estimate)",
     )
+    ap.add_argument(
+        "--peers-with-e3md-options",
+        action="store_true",
+        help="compile the peers with e3md's XLA options too (default: XLA's defaults)",
+    )
     args = ap.parse_args(argv)
     edge_chunk = None if args.edge_chunk.lower() == "none" else int(args.edge_chunk)
     names = [s.strip() for s in args.models.split(",") if s.strip()]
@@ -753,6 +810,11 @@ def main(argv=None):
         f" load average {os.getloadavg()[0]:.1f}",
         flush=True,
     )
+    from e3md.compiler import compiler_options
+
+    e3md_options = compiler_options()
+    peer_options = e3md_options if args.peers_with_e3md_options else {}
+    print(f"# XLA options: e3md {e3md_options or 'defaults'}, peers {peer_options or 'defaults'}")
     print("# cell: atom-steps/s (x nequip), % of matmul peak from XLA FLOPs (useful = ideal")
     print("#   FLOPs of e3md's function), XLA/RSS-growth GiB, compile s")
     header = "| atoms | size | " + " | ".join(names) + " | edges (real) | ideal GFLOP |"
@@ -761,7 +823,16 @@ def main(argv=None):
     results = []
     for size in sizes:
         for n in atoms:
-            info, rows = run_cell(size, n, names, rounds, mem_limit, peak, edge_chunk=edge_chunk)
+            info, rows = run_cell(
+                size,
+                n,
+                names,
+                rounds,
+                mem_limit,
+                peak,
+                edge_chunk=edge_chunk,
+                peer_options=peer_options,
+            )
             results.append(dict(info=info, rows=rows))
             cells = " | ".join(_fmt(rows, name) for name in names)
             chk = info.get("e3md_vs_e3x_rel")

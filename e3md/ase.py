@@ -33,6 +33,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from ase.data import chemical_symbols
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from e3md.compiler import jit
 from e3md.neighbors import bucket_size, host_neighbors
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def _make_evaluate(config):
 
     grad_fn = jax.value_and_grad(total_energy, argnums=(0, 1), has_aux=True)
 
-    @jax.jit
+    @jit
     def evaluate(params, R, cell, shifts, species_index, src, dst, edge_mask, atom_mask):
         trace_log.append((R.shape[0], src.shape[0]))  # runs once per trace, i.e. per compile
         strain = jnp.zeros((3, 3), R.dtype)

@@ -165,10 +165,10 @@ def predict_dataset(
     Raises:
       ValueError: elements in ``data`` unknown to the potential.
     """
-    import jax
     import jax.numpy as jnp
 
     from e3md import training as tr
+    from e3md.compiler import jit
 
     cfg = potential.config
     stress = data.has_stress if compute_stress is None else compute_stress
@@ -176,7 +176,7 @@ def predict_dataset(
     energy_fn = tr.model_atomic_energy_fn(cfg.replace(e0=()))
     dtype = jnp.dtype(cfg.dtype)
 
-    @jax.jit
+    @jit
     def run(batch):
         return tr.predict(energy_fn, potential.params, batch, compute_stress=stress)
 

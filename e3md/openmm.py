@@ -200,6 +200,7 @@ class E3mdCompute:
         import jax.numpy as jnp
 
         from e3md import potentials
+        from e3md.compiler import jit
 
         pot = self._potential
         dtype = jnp.float64 if self.precision == "double" else jnp.float32
@@ -221,7 +222,7 @@ class E3mdCompute:
             )
             return jnp.sum(jnp.where(atom_mask, e_i, 0.0))
 
-        @jax.jit
+        @jit
         def energy_forces(R, cell, species_index, recv, send, shift, edge_mask, atom_mask):
             e, g = jax.value_and_grad(energy)(
                 R, cell, species_index, recv, send, shift, edge_mask, atom_mask

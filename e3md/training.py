@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
+from e3md.compiler import jit
 from e3md.data import Dataset, Structure
 from e3md.neighbors import bucket_size, host_neighbors
 
@@ -911,7 +912,7 @@ class Trainer:
         energy_fn, weights, opt = self.energy_fn, self.config.loss, self.optimizer
         decay = self.config.training.ema_decay
 
-        @jax.jit
+        @jit
         def train_step(params, opt_state, ema, step, batch):
             (loss, parts), grads = jax.value_and_grad(
                 lambda p: loss_fn(energy_fn, p, batch, weights), has_aux=True
@@ -925,7 +926,7 @@ class Trainer:
 
         stress = self.use_stress
 
-        @jax.jit
+        @jit
         def eval_step(params, batch):
             loss, parts = loss_fn(energy_fn, params, batch, weights)
             E, F, S = predict(energy_fn, params, batch, compute_stress=stress)

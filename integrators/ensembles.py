@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from e3md import units
+from e3md.compiler import jit
 
 #: the ensembles the drivers know
 ENSEMBLES = ("nve", "nvt", "nvt-nh", "npt")
@@ -203,11 +204,11 @@ def make_integrator(config: EnsembleConfig, energy_fn: Callable, shift_fn: Calla
         def step_fn(state, neighbor):
             return step(state, neighbor=neighbor)
 
-        return Integrator(jax.jit(init_fn), step_fn, simulate.npt_box)
+        return Integrator(jit(init_fn), step_fn, simulate.npt_box)
 
     def step_fn(state, neighbor):
         return step(state, neighbor=neighbor)
 
     # jit the init too (jax-md's NPT init is not jitted; op-by-op it would evaluate the padded
     # neighbour slots of pair potentials eagerly, tripping jax_debug_nans on masked NaNs)
-    return Integrator(jax.jit(init_fn), step_fn, lambda state: None)
+    return Integrator(jit(init_fn), step_fn, lambda state: None)

@@ -47,6 +47,7 @@ from e3md.integrators.reporters import (
 from jaxtyping import ArrayLike, Float
 
 from e3md import units
+from e3md.compiler import jit
 
 log = logging.getLogger(__name__)
 
@@ -658,7 +659,7 @@ def _compiled_chunk(energy_fn, shift_fn, config, n_atoms, batched, dtype_name):
         f = jax.vmap(chunk, in_axes=(0, 0, None)) if batched else chunk
         return f(state, nbrs, n)
 
-    return integ, jax.jit(traced_chunk), traces
+    return integ, jit(traced_chunk), traces
 
 
 def _strong(state, dtype):

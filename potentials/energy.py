@@ -141,7 +141,8 @@ def energy_forces_stress(
 ) -> EnergyForcesStress:
     r"""Energy, forces and (if ``box``) stress, all exact derivatives of one energy function.
 
-    jit-friendly (wrap it in ``jax.jit`` with ``energy_fn`` closed over).
+    jit-friendly (wrap it in :func:`e3md.compiler.jit`, or ``jax.jit``, with ``energy_fn``
+    closed over).
 
     Args:
       energy_fn: from :func:`neighbor_list` (total or per-atom).
