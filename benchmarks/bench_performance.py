@@ -31,8 +31,9 @@ the process during the first call (VmHWM after resetting it, minus the RSS befor
 
 XLA options: e3md compiles with its own (``e3md.compiler``: on CPU the classic fusion emitter),
 as every e3md entry point does; the peers with XLA's defaults, as their users run them.
-``--peers-with-e3md-options`` gives the peers e3md's options too (how much of a ratio is the
-option). The header line prints the options used.
+``--peers-with-e3md-options`` gives the peers e3md's options too, and the contender
+``"e3md xla-defaults"`` is e3md compiled with XLA's defaults (how much of a ratio is the
+options). The header line prints the options used.
 
 A contender whose XLA memory estimate exceeds ``--mem-limit-gib`` (default: 90 % of the
 available RAM) is compiled and reported but not run ("does not fit").
@@ -45,6 +46,7 @@ Usage::
     python benchmarks/bench_performance.py --models e3md --atoms 98304 --fit-gib 24
     python benchmarks/bench_performance.py --models e3md,nequip --atoms 1536 --sizes medium
     python benchmarks/bench_performance.py --peers-with-e3md-options
+    python benchmarks/bench_performance.py --models "e3md,e3md xla-defaults" --large
 """
 
 import argparse
@@ -66,6 +68,8 @@ from e3md.potentials.model import EDGE_CHUNK
 SIZES = {"small": (32, 1, 2, 8), "medium": (64, 2, 2, 8)}
 CUTOFF = 5.0  # Å
 MODELS = ("e3md", "e3x Fused", "e3x Tensor", "nequip")
+# also available: e3md compiled with XLA's default options instead of e3md's (A/B of the options)
+E3MD_XLA_DEFAULTS = "e3md xla-defaults"
 WATER_MOLECULE_VOLUME = 18.015 / (0.602214 * 0.997)  # Å^3 per molecule at 0.997 g/cm^3
 
 
@@ -230,7 +234,7 @@ def build_contenders(
     def with_grad(energy):
         return jax.value_and_grad(energy, argnums=1)
 
-    if "e3md" in names:
+    if "e3md" in names or E3MD_XLA_DEFAULTS in names:
         _, energy_fn = e3md_neighbor_list(
             config, e3md_params, displacement, side, z, edge_chunk=edge_chunk
         )
@@ -244,14 +248,16 @@ def build_contenders(
             return lambda p, R, nb: energy_fn(R, nb, params=p)
 
         e_e3md, e_all = params_first(energy_fn), params_first(energy_all)
-        out["e3md"] = Contender(
-            "e3md",
-            with_grad(e_e3md),
-            e3md_params,
-            e_e3md,
-            flops_fn=with_grad(e_all),
-            compiler_options=compiler_options(),
-        )
+        for name, options in (("e3md", compiler_options()), (E3MD_XLA_DEFAULTS, {})):
+            if name in names:
+                out[name] = Contender(
+                    name,
+                    with_grad(e_e3md),
+                    e3md_params,
+                    e_e3md,
+                    flops_fn=with_grad(e_all),
+                    compiler_options=options,
+                )
 
     for name, fused in (("e3x Fused", True), ("e3x Tensor", False)):
         if name not in names:
@@ -545,6 +551,10 @@ def run_cell(
     if "nequip" in times:
         for name in times:
             rows[name]["x_nequip"] = rows[name]["atom_steps"] / rows["nequip"]["atom_steps"]
+    if "e3md" in times and E3MD_XLA_DEFAULTS in times:
+        info["e3md_vs_xla_defaults"] = (
+            rows["e3md"]["atom_steps"] / rows[E3MD_XLA_DEFAULTS]["atom_steps"]
+        )
     del neighbor_fn
     return info, rows
 
@@ -759,9 +769,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     edge_chunk = None if args.edge_chunk.lower() == "none" else int(args.edge_chunk)
     names = [s.strip() for s in args.models.split(",") if s.strip()]
-    unknown = sorted(set(names) - set(MODELS))
+    unknown = sorted(set(names) - set(MODELS) - {E3MD_XLA_DEFAULTS})
     if unknown:
-        ap.error(f"unknown models {unknown}; choose from {MODELS}")
+        ap.error(f"unknown models {unknown}; choose from {MODELS + (E3MD_XLA_DEFAULTS,)}")
     sizes = [s.strip() for s in args.sizes.split(",")]
     if args.atoms:
         atoms = [int(a) for a in args.atoms.split(",")]
@@ -837,6 +847,8 @@ def main(argv=None):
             cells = " | ".join(_fmt(rows, name) for name in names)
             chk = info.get("e3md_vs_e3x_rel")
             note = "" if chk is None else f" (E rel diff e3md/e3x {chk:.1e})"
+            if "e3md_vs_xla_defaults" in info:
+                note += f" (e3md / e3md with XLA defaults: {info['e3md_vs_xla_defaults']:.2f}x)"
             print(
                 f"| {info['atoms']} | {size} | {cells} | {info['edges']} ({info['real_edges']})"
                 f" | {info['ideal_gflop']:.2f} |{note}",

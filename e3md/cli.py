@@ -7,6 +7,7 @@ jax_md lazily, since ``import jax_md`` compiles for ~5 s). ``e3md --help`` stays
 
 import argparse
 import importlib
+import os
 import sys
 
 #: subcommand name -> (module, one-line help)
@@ -24,6 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="e3md", description="E(3)-equivariant ML potentials for molecular dynamics."
     )
     parser.add_argument("--version", action="version", version=f"e3md {__version__}")
+    parser.add_argument(
+        "--compile-cache",
+        metavar="DIR",
+        default=os.environ.get("E3MD_COMPILE_CACHE"),
+        help="directory of JAX's persistent compilation cache, so that a second run of the "
+        "same system skips XLA compilation; 'none' turns it off (default: $E3MD_COMPILE_CACHE, "
+        "else ~/.cache/e3md/jax; JAX_COMPILATION_CACHE_DIR, if set, wins)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(module_name)
@@ -35,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    cache = args.compile_cache or None  # an empty E3MD_COMPILE_CACHE means the default
+    if cache is None or cache.lower() not in ("none", "off", "0"):
+        from e3md.compiler import enable_compile_cache
+
+        enable_compile_cache(cache)
     return args.func(args)
 
 

@@ -15,17 +15,25 @@ The options are left out (XLA's defaults apply) when the default backend is not 
 ``XLA_FLAGS`` already sets ``xla_cpu_use_fusion_emitters`` (your choice wins), or when the
 installed XLA no longer knows the option (it is being retired upstream; checked once by
 compiling a one-line function).
+
+:func:`enable_compile_cache` turns on JAX's persistent compilation cache, so a second run of
+the same system skips XLA compilation (``e3md md`` on ethanol: 21 s -> 9 s). The ``e3md``
+command line does this by default; importing e3md never changes JAX's global configuration.
 """
 
 import functools
+import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
-__all__ = ["CPU_OPTIONS", "compiler_options", "jit"]
+__all__ = ["CPU_OPTIONS", "compiler_options", "default_cache_dir", "enable_compile_cache", "jit"]
+
+log = logging.getLogger(__name__)
 
 CPU_OPTIONS: dict[str, Any] = {"xla_cpu_use_fusion_emitters": False}
 
@@ -64,3 +72,41 @@ def jit(fun: Callable | None = None, /, **kwargs: Any):
         return functools.partial(jit, **kwargs)
     options = {**compiler_options(), **(kwargs.pop("compiler_options", None) or {})}
     return jax.jit(fun, compiler_options=options or None, **kwargs)
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/e3md/jax`` (``~/.cache/e3md/jax`` if ``XDG_CACHE_HOME`` is unset)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "e3md" / "jax"
+
+
+def enable_compile_cache(path: str | os.PathLike | None = None) -> Path | None:
+    """Turn on JAX's persistent compilation cache in ``path`` (default :func:`default_cache_dir`).
+
+    Compiled programs are written there and reused by later processes that compile the same
+    program with the same JAX/XLA versions and options (JAX keys the cache on all of them), so
+    results are identical with and without the cache. Every compile is cached, also the short
+    ones (``jax_persistent_cache_min_compile_time_secs = 0``: jax-md compiles dozens of small
+    functions at import), unless ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` is set.
+
+    If JAX already has a cache directory (``JAX_COMPILATION_CACHE_DIR`` or
+    ``jax.config.update``), that one is kept. Changes JAX's global configuration: meant for
+    applications (the ``e3md`` command line), not called on import.
+
+    Returns:
+      The cache directory in use, or None if ``path`` cannot be created (a warning is logged
+      and compilation goes on without a cache).
+    """
+    current = jax.config.jax_compilation_cache_dir
+    if current:
+        return Path(current)
+    path = Path(path) if path is not None else default_cache_dir()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.warning("no compilation cache: cannot create %s (%s)", path, exc)
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    return path

@@ -1,10 +1,15 @@
 """Shared test fixtures. Tests run in float64 unless they ask for float32 explicitly."""
 
 import itertools
+import os
 
 import jax
 import numpy as np
 import pytest
+
+# in-process ``e3md`` CLI calls must not turn on a persistent compilation cache for the whole
+# test session (or write to ~/.cache); tests/test_compiler.py checks the cache in subprocesses
+os.environ["E3MD_COMPILE_CACHE"] = "none"
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_debug_nans", True)

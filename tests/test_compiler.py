@@ -1,5 +1,11 @@
-"""e3md.compiler: which XLA options e3md compiles with, that they reach XLA, and that a model
-compiled with them computes what XLA's defaults compute."""
+"""e3md.compiler: which XLA options e3md compiles with, that they reach XLA, that a model
+compiled with them computes what XLA's defaults compute, and the persistent compilation cache
+(in subprocesses: it is process-global JAX configuration)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -84,3 +90,100 @@ def test_model_compiled_with_e3md_options_matches_xla_defaults(dtype):
     tol = 1e-5 if dtype == "float32" else 1e-12
     np.testing.assert_allclose(e, e_ref, rtol=tol)
     np.testing.assert_allclose(f, f_ref, rtol=tol, atol=tol * np.abs(f_ref).max())
+
+
+# ------------------------------------------------------------------ persistent compilation cache
+
+CACHE_PROBE = """
+import sys, jax, jax.numpy as jnp
+from e3md.compiler import enable_compile_cache
+hits = []
+jax.monitoring.register_event_listener(
+    lambda event, **kw: hits.append(1) if event == "/jax/compilation_cache/cache_hits" else None
+)
+print(enable_compile_cache(sys.argv[1] if len(sys.argv) > 1 else None))
+print(float(jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((3, 3))).sum()))
+print("cache hits", len(hits))
+"""
+
+
+def run_python(code, *args, env=None):
+    env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
+    out = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split("\n")
+
+
+def test_compile_cache_is_written_and_reused(tmp_path):
+    cache = tmp_path / "cache"
+    env = {"JAX_COMPILATION_CACHE_DIR": None, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": None}
+    first = run_python(CACHE_PROBE, cache, env=env)
+    assert first[0] == str(cache) and first[2] == "cache hits 0"
+    entries = sorted(p.name for p in cache.iterdir())
+    assert entries, "nothing was cached"
+    again = run_python(CACHE_PROBE, cache, env=env)
+    assert again[1] == first[1]  # the same result
+    assert again[2] != "cache hits 0"  # ... from compiled programs read back from the cache
+    assert sorted(p.name for p in cache.iterdir()) == entries
+
+
+def test_compile_cache_keeps_a_directory_the_user_configured(tmp_path):
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    lines = run_python(CACHE_PROBE, other, env={"JAX_COMPILATION_CACHE_DIR": str(mine)})
+    assert lines[0] == str(mine)
+    assert not other.exists()
+
+
+def test_compile_cache_default_dir_and_unwritable_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert compiler.default_cache_dir() == tmp_path / "e3md" / "jax"
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    if jax.config.jax_compilation_cache_dir:
+        pytest.skip("this test process already has a JAX compilation cache")
+    assert compiler.enable_compile_cache(blocker / "cache") is None
+    assert not jax.config.jax_compilation_cache_dir
+
+
+def test_cli_turns_the_cache_on_unless_told_not_to(tmp_path, monkeypatch):
+    from e3md import cli
+
+    calls = []
+    monkeypatch.setattr(compiler, "enable_compile_cache", calls.append)
+    missing = str(tmp_path / "missing.e3md")  # fails fast, after the cache decision
+    assert cli.main(["--compile-cache", str(tmp_path), "md", "--potential", missing]) == 2
+    assert calls == [str(tmp_path)]
+    assert cli.main(["--compile-cache", "none", "md", "--potential", missing]) == 2
+    monkeypatch.delenv("E3MD_COMPILE_CACHE")
+    assert cli.main(["md", "--potential", missing]) == 2
+    assert calls == [str(tmp_path), None]  # None: the default directory
+
+
+@pytest.mark.slow
+def test_cli_md_gives_the_same_trajectory_from_the_cache(tmp_path):
+    import ase.io
+
+    model = tmp_path / "model.e3md"
+    config = ModelConfig(species=(1, 6, 8), cutoff=4.0, max_degree=1, num_features=8)
+    Potential.init(config, jax.random.PRNGKey(0)).save(model)
+    ethanol = Path(compiler.__file__).parent / "data" / "ethanol.xyz"
+    cache = tmp_path / "cache"
+    frames = []
+    for run in ("cold", "cached"):
+        out = tmp_path / run
+        out.mkdir()
+        args = ["--compile-cache", cache, "md", "--potential", model, "--structure", ethanol]
+        args += ["--steps", 20, "--chunk", 10, "--out", out / "t.extxyz", "--no-progress"]
+        args += ["--log", out / "l.csv", "--checkpoint", out / "c.npz"]
+        code = "import sys; from e3md.cli import main; sys.exit(main(sys.argv[1:]))"
+        run_python(code, *args, env={"E3MD_COMPILE_CACHE": None})
+        frames.append(ase.io.read(out / "t.extxyz", ":"))
+    assert any(cache.iterdir())
+    for a, b in zip(*frames, strict=True):
+        np.testing.assert_array_equal(a.positions, b.positions)
