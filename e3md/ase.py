@@ -33,7 +33,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from ase.data import chemical_symbols
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from e3md.compiler import jit
+from e3md.compiler import CLASSIC_EMITTER_MIN_ATOMS, jit
 from e3md.neighbors import bucket_size, host_neighbors
 
 log = logging.getLogger(__name__)
@@ -85,14 +85,22 @@ def _make_evaluate(config):
 
     grad_fn = jax.value_and_grad(total_energy, argnums=(0, 1), has_aux=True)
 
-    @jit
-    def evaluate(params, R, cell, shifts, species_index, src, dst, edge_mask, atom_mask):
+    def evaluate_graph(params, R, cell, shifts, species_index, src, dst, edge_mask, atom_mask):
         trace_log.append((R.shape[0], src.shape[0]))  # runs once per trace, i.e. per compile
         strain = jnp.zeros((3, 3), R.dtype)
         (energy, e_i), (dE_dR, dE_deps) = grad_fn(
             R, strain, params, cell, shifts, species_index, src, dst, edge_mask, atom_mask
         )
         return energy, e_i, -dE_dR, dE_deps
+
+    # XLA options depend on the system size (e3md.compiler): one jit per size class
+    jitted = {}
+
+    def evaluate(params, R, **graph):
+        small = R.shape[0] < CLASSIC_EMITTER_MIN_ATOMS
+        if small not in jitted:
+            jitted[small] = jit(evaluate_graph, num_atoms=R.shape[0])
+        return jitted[small](params, R, **graph)
 
     return evaluate, trace_log
 

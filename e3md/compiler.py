@@ -4,8 +4,13 @@ On CPU, e3md compiles with XLA's classic element-wise fusion emitter
 (``xla_cpu_use_fusion_emitters=False``) instead of the newer MLIR emitters. e3md's programs are
 long chains of small element-wise fusions (the unrolled tensor products and their backward
 passes), and for them the classic emitter gives the same results (forces agree to ~1e-10 eV/Å)
-in less time: energy + forces 1.03-1.42x faster and 0.4-0.8 s less compile time on the water
-boxes of ``benchmarks/bench_performance.py`` (BENCHMARKS.md, "fusion emitter").
+with less compile time (0.4-3 s less) and, for systems of a few hundred atoms and more, equal
+or faster steps: energy + forces 1.15-1.42x faster with L = 1, F = 32 and 0.99-1.14x with
+L = 2, F = 64; MD of a 3087-atom box 1.05x (BENCHMARKS.md, "fusion emitter"). For molecules
+of a few atoms the MLIR emitters step faster (9-atom ethanol MD: the classic emitter 0.87-0.92x),
+so systems with fewer than :data:`CLASSIC_EMITTER_MIN_ATOMS` atoms keep XLA's defaults where
+the caller says how many atoms it compiles for (``num_atoms``: the MD driver, the ASE
+calculator and the OpenMM force do).
 
 Every jit in e3md (MD drivers, ASE calculator, OpenMM force, training, evaluation) goes through
 :func:`jit`. If you jit an e3md energy function yourself, use :func:`jit` too, or pass
@@ -31,11 +36,21 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["CPU_OPTIONS", "compiler_options", "default_cache_dir", "enable_compile_cache", "jit"]
+__all__ = [
+    "CLASSIC_EMITTER_MIN_ATOMS",
+    "CPU_OPTIONS",
+    "compiler_options",
+    "default_cache_dir",
+    "enable_compile_cache",
+    "jit",
+]
 
 log = logging.getLogger(__name__)
 
 CPU_OPTIONS: dict[str, Any] = {"xla_cpu_use_fusion_emitters": False}
+# Below this many atoms, CPU_OPTIONS are not used (measured: 9 atoms 0.87-0.92x, 243 atoms
+# within noise, 3087 atoms 1.05x MD steps with the shipped rmd17-ethanol architecture).
+CLASSIC_EMITTER_MIN_ATOMS = 64
 
 
 @functools.cache
@@ -48,12 +63,18 @@ def _xla_accepts(name: str, value: Any) -> bool:
     return True
 
 
-def compiler_options(backend: str | None = None) -> dict[str, Any]:
+def compiler_options(backend: str | None = None, *, num_atoms: int | None = None) -> dict[str, Any]:
     """XLA compile options for e3md programs on ``backend`` (default: JAX's default backend).
+
+    Args:
+      backend: ``"cpu"``, ``"gpu"``, ...
+      num_atoms: atoms of the system the program is compiled for, if known (None: any size).
 
     Returns a new dict (possibly empty); see the module docstring for when it is empty.
     """
     if (backend or jax.default_backend()) != "cpu":
+        return {}
+    if num_atoms is not None and num_atoms < CLASSIC_EMITTER_MIN_ATOMS:
         return {}
     flags = os.environ.get("XLA_FLAGS", "")
     return {
@@ -63,14 +84,19 @@ def compiler_options(backend: str | None = None) -> dict[str, Any]:
     }
 
 
-def jit(fun: Callable | None = None, /, **kwargs: Any):
+def jit(fun: Callable | None = None, /, *, num_atoms: int | None = None, **kwargs: Any):
     """``jax.jit`` with :func:`compiler_options` (explicit ``compiler_options`` entries win).
 
     Usable like ``jax.jit``: ``jit(f, static_argnums=...)``, or as ``@jit`` / ``@jit(...)``.
+    ``num_atoms``: the system size the function is compiled for, if known (see
+    :func:`compiler_options`).
     """
     if fun is None:
-        return functools.partial(jit, **kwargs)
-    options = {**compiler_options(), **(kwargs.pop("compiler_options", None) or {})}
+        return functools.partial(jit, num_atoms=num_atoms, **kwargs)
+    options = {
+        **compiler_options(num_atoms=num_atoms),
+        **(kwargs.pop("compiler_options", None) or {}),
+    }
     return jax.jit(fun, compiler_options=options or None, **kwargs)
 
 

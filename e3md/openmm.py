@@ -184,7 +184,10 @@ class E3mdCompute:
         self._fn = None  # jitted lazily on the first call (shared, see ``_COMPILED``)
 
     def _shared_energy_forces_fn(self):
-        key = (hashlib.sha256(self.model_bytes).hexdigest(), self.precision)
+        from e3md.compiler import CLASSIC_EMITTER_MIN_ATOMS
+
+        small = len(self.atomic_numbers) < CLASSIC_EMITTER_MIN_ATOMS  # XLA options differ
+        key = (hashlib.sha256(self.model_bytes).hexdigest(), self.precision, small)
         fn = _COMPILED.get(key)
         if fn is None:
             fn = self._energy_forces_fn()
@@ -222,7 +225,7 @@ class E3mdCompute:
             )
             return jnp.sum(jnp.where(atom_mask, e_i, 0.0))
 
-        @jit
+        @jit(num_atoms=len(self.atomic_numbers))
         def energy_forces(R, cell, species_index, recv, send, shift, edge_mask, atom_mask):
             e, g = jax.value_and_grad(energy)(
                 R, cell, species_index, recv, send, shift, edge_mask, atom_mask

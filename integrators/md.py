@@ -659,7 +659,7 @@ def _compiled_chunk(energy_fn, shift_fn, config, n_atoms, batched, dtype_name):
         f = jax.vmap(chunk, in_axes=(0, 0, None)) if batched else chunk
         return f(state, nbrs, n)
 
-    return integ, jit(traced_chunk), traces
+    return integ, jit(traced_chunk, num_atoms=n_atoms), traces
 
 
 def _strong(state, dtype):

@@ -24,6 +24,14 @@ def test_cpu_gets_the_classic_fusion_emitter(monkeypatch):
     assert compiler.compiler_options("gpu") == {}  # other backends keep XLA's defaults
 
 
+def test_molecules_of_a_few_atoms_keep_xla_defaults(monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    few = compiler.CLASSIC_EMITTER_MIN_ATOMS - 1
+    assert compiler.compiler_options("cpu", num_atoms=few) == {}
+    assert compiler.compiler_options("cpu", num_atoms=few + 1) == {OPTION: False}
+    assert compiler.compiler_options("cpu", num_atoms=None) == {OPTION: False}
+
+
 def test_xla_flags_set_by_the_user_win(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", f"--{OPTION}=true")
     assert compiler.compiler_options("cpu") == {}
