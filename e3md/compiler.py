@@ -12,9 +12,11 @@ so systems with fewer than :data:`CLASSIC_EMITTER_MIN_ATOMS` atoms keep XLA's de
 the caller says how many atoms it compiles for (``num_atoms``: the MD driver, the ASE
 calculator and the OpenMM force do).
 
-Every jit in e3md (MD drivers, ASE calculator, OpenMM force, training, evaluation) goes through
-:func:`jit`. If you jit an e3md energy function yourself, use :func:`jit` too, or pass
-``compiler_options=e3md.compiler.compiler_options()`` to ``jax.jit``.
+Every jit in e3md that evaluates a model (MD drivers, ASE calculator, OpenMM force, training,
+evaluation) goes through :func:`jit`; parameter initialisation keeps XLA's defaults (the classic
+emitter compiles its random number generation 2.5x slower). If you jit an e3md energy function
+yourself, use :func:`jit` too, or pass ``compiler_options=e3md.compiler.compiler_options()`` to
+``jax.jit``.
 
 The options are left out (XLA's defaults apply) when the default backend is not the CPU, when
 ``XLA_FLAGS`` already sets ``xla_cpu_use_fusion_emitters`` (your choice wins), or when the
