@@ -162,6 +162,27 @@ def test_fused_tensor_traces_tables_as_constants(rng):
     assert len(traces) == 1
 
 
+def test_fused_tensor_is_traced_once_per_shape_across_outer_traces(rng, monkeypatch):
+    """The product is jitted on its own: re-tracing an outer function (an MD step, its initial
+    forces, its energy report) must not trace the unrolled product again."""
+    import e3md.nn.tensor as tensor_module
+
+    calls = []
+    unrolled = tensor_module._fused_unrolled
+    monkeypatch.setattr(
+        tensor_module, "_fused_unrolled", lambda *a: calls.append(1) or unrolled(*a)
+    )
+    x = _features(rng, 1, 2)
+    m = FusedTensor(include_pseudotensors=False)
+    params = m.init(jax.random.PRNGKey(0), x, x)
+    tensor_module._fused_tensor_jit.clear_cache()
+    calls.clear()
+    outer = [jax.jit(lambda p, x, k=k: k * m.apply(p, x, x)) for k in (1.0, 2.0)]
+    a, b = (f(params, x) for f in outer)
+    np.testing.assert_allclose(b, 2 * a)
+    assert len(calls) == 1
+
+
 @pytest.mark.parametrize("cls", [FusedTensor, Tensor])
 def test_bad_inputs_raise(cls):
     m = cls()

@@ -437,11 +437,41 @@ def fused_tensor_apply(
 
     Returns:
       ``(..., P3, (L3+1)**2, F)`` with ``P3 = 2`` if ``include_pseudotensors`` else 1.
+
+    The product itself is jitted on its own, with the contraction strategy resolved here
+    (outside, so that changing ``_CONTRACTION`` takes effect): the unrolled product is hundreds
+    of operations, and a function traced several times (an MD step, its initial forces, its
+    energy report) then traces each product once per shape instead of once per trace (~0.3-0.5 s
+    less per trace of a model; XLA inlines the call, the compiled program is the same).
     """
     p1, p2 = inputs1.shape[-3], inputs2.shape[-3]
     l1 = round(math.sqrt(inputs1.shape[-2])) - 1
     l2 = round(math.sqrt(inputs2.shape[-2])) - 1
-    l3 = max_degree
+    strategy = (
+        _strategy
+        or _CONTRACTION
+        or _default_strategy(p1, p2, l1, l2, max_degree, include_pseudotensors, cartesian_order)
+    )
+    return _fused_tensor_jit(
+        inputs1,
+        inputs2,
+        kernels,
+        max_degree,
+        include_pseudotensors,
+        cartesian_order,
+        precision,
+        strategy,
+    )
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7))
+def _fused_tensor_jit(
+    inputs1, inputs2, kernels, l3, include_pseudotensors, cartesian_order, precision, strategy
+):
+    """:func:`fused_tensor_apply` with the output degree and strategy resolved (static)."""
+    p1, p2 = inputs1.shape[-3], inputs2.shape[-3]
+    l1 = round(math.sqrt(inputs1.shape[-2])) - 1
+    l2 = round(math.sqrt(inputs2.shape[-2])) - 1
     lmax = max(l1, l2, l3)
     dtype = inputs1.dtype
     with jax.ensure_compile_time_eval():
@@ -451,11 +481,6 @@ def fused_tensor_apply(
         return jnp.asarray(basis[:, :, idx], dtype)
 
     nm = basis.shape[0]
-    strategy = (
-        _strategy
-        or _CONTRACTION
-        or _default_strategy(p1, p2, l1, l2, l3, include_pseudotensors, cartesian_order)
-    )
     if strategy == "coupling":
         return _fused_coupling(
             inputs1, inputs2, kernels, l3, include_pseudotensors, cartesian_order, precision
