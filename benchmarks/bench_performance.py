@@ -202,20 +202,9 @@ class Contender:
     compiler_options: dict = dataclasses.field(default_factory=dict)  # XLA options of its jit
 
 
-def build_contenders(
-    size,
-    names,
-    displacement,
-    side,
-    z,
-    R,
-    nbrs,
-    avg_nb,
-    seed=0,
-    edge_chunk=EDGE_CHUNK,
-    peer_options=None,
-):
-    """Build every requested contender for one system; returns {name: Contender}.
+def build_contenders(size, names, system, seed=0, edge_chunk=EDGE_CHUNK, peer_options=None):
+    """Build every requested contender on ``system`` (from :func:`build_system`); returns
+    ``({name: Contender}, e3md config)``.
 
     e3md compiles with e3md's XLA options (``e3md.compiler``, as every e3md jit does); the
     peers with ``peer_options`` (default: XLA's defaults, as their users would run them).
@@ -226,6 +215,8 @@ def build_contenders(
     from e3md.compiler import compiler_options
     from e3md.graph import edge_vectors
 
+    displacement, side, z, R, nbrs, real_edges, _ = system
+    avg_nb = real_edges / len(z)
     config = e3md_config(size, avg_nb)
     e3md_params = init_params(config, jax.random.PRNGKey(seed))
     out = {}
@@ -490,20 +481,11 @@ def run_cell(
     edge_chunk=EDGE_CHUNK,
     peer_options=None,
 ):
-    displacement, side, z, R, nbrs, real_edges, neighbor_fn = build_system(num_atoms, skin)
+    system = build_system(num_atoms, skin)
+    _, _, z, R, nbrs, real_edges, _ = system
     n = len(z)
-    avg_nb = real_edges / n
     contenders, config = build_contenders(
-        size,
-        names,
-        displacement,
-        side,
-        z,
-        R,
-        nbrs,
-        avg_nb,
-        edge_chunk=edge_chunk,
-        peer_options=peer_options,
+        size, names, system, edge_chunk=edge_chunk, peer_options=peer_options
     )
     info = dict(size=size, atoms=n, edges=int(nbrs.idx.shape[1]), real_edges=real_edges)
     rows = {}
@@ -555,7 +537,7 @@ def run_cell(
         info["e3md_vs_xla_defaults"] = (
             rows["e3md"]["atom_steps"] / rows[E3MD_XLA_DEFAULTS]["atom_steps"]
         )
-    del neighbor_fn
+    del system
     return info, rows
 
 
@@ -703,18 +685,9 @@ def largest_fit(
     n = start_atoms
     while True:
         try:
-            displacement, side, z, R, nbrs, real_edges, neighbor_fn = build_system(n)
-            c, _ = build_contenders(
-                size,
-                [name],
-                displacement,
-                side,
-                z,
-                R,
-                nbrs,
-                real_edges / len(z),
-                edge_chunk=edge_chunk,
-            )
+            system = build_system(n)
+            _, _, z, R, nbrs, _, _ = system
+            c, _ = build_contenders(size, [name], system, edge_chunk=edge_chunk)
             *_, xla_bytes = compile_contender(c[name], R, nbrs)
         except Exception as exc:  # noqa: BLE001 - e.g. the neighbour list itself out of memory
             error = f"{n} atoms: {type(exc).__name__}: {str(exc)[:160]}"
@@ -722,7 +695,7 @@ def largest_fit(
             break
         points.append((len(z), xla_bytes / 2**30))
         print(f"#   {name} {size}: {len(z)} atoms -> {xla_bytes / 2**30:.2f} GiB (XLA)", flush=True)
-        del c, neighbor_fn, nbrs
+        del c, system, nbrs
         if xla_bytes > limit_bytes or len(points) > 8:
             break
         n *= 2
