@@ -422,8 +422,8 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
 def compile_contender(c: Contender, R, nbrs):
     """Compile ``c.fn`` for these shapes; returns (compiled, seconds, flops, xla bytes)."""
     t0 = time.perf_counter()
-    compiled = jax.jit(c.fn, compiler_options=c.compiler_options or None)
-    compiled = compiled.lower(c.params, R, nbrs).compile()
+    fn = jax.jit(c.fn, compiler_options=c.compiler_options or None)
+    compiled = fn.lower(c.params, R, nbrs).compile()
     seconds = time.perf_counter() - t0
     if c.flops_fn is None:
         cost = compiled.cost_analysis()

@@ -33,7 +33,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from ase.data import chemical_symbols
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from e3md.compiler import CLASSIC_EMITTER_MIN_ATOMS, jit
+from e3md.compiler import compiler_options, jit
 from e3md.neighbors import bucket_size, host_neighbors
 
 log = logging.getLogger(__name__)
@@ -93,14 +93,14 @@ def _make_evaluate(config):
         )
         return energy, e_i, -dE_dR, dE_deps
 
-    # XLA options depend on the system size (e3md.compiler): one jit per size class
+    # XLA options depend on the system size (e3md.compiler): one jit per set of options
     jitted = {}
 
     def evaluate(params, R, **graph):
-        small = R.shape[0] < CLASSIC_EMITTER_MIN_ATOMS
-        if small not in jitted:
-            jitted[small] = jit(evaluate_graph, num_atoms=R.shape[0])
-        return jitted[small](params, R, **graph)
+        key = tuple(sorted(compiler_options(num_atoms=R.shape[0]).items()))
+        if key not in jitted:
+            jitted[key] = jit(evaluate_graph, num_atoms=R.shape[0])
+        return jitted[key](params, R, **graph)
 
     return evaluate, trace_log
 

@@ -184,10 +184,14 @@ class E3mdCompute:
         self._fn = None  # jitted lazily on the first call (shared, see ``_COMPILED``)
 
     def _shared_energy_forces_fn(self):
-        from e3md.compiler import CLASSIC_EMITTER_MIN_ATOMS
+        from e3md.compiler import compiler_options
 
-        small = len(self.atomic_numbers) < CLASSIC_EMITTER_MIN_ATOMS  # XLA options differ
-        key = (hashlib.sha256(self.model_bytes).hexdigest(), self.precision, small)
+        options = compiler_options(num_atoms=len(self.atomic_numbers))  # depend on the size
+        key = (
+            hashlib.sha256(self.model_bytes).hexdigest(),
+            self.precision,
+            *sorted(options.items()),
+        )
         fn = _COMPILED.get(key)
         if fn is None:
             fn = self._energy_forces_fn()

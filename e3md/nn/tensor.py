@@ -283,8 +283,8 @@ def _fused_coupling(inputs1, inputs2, kernels, l3, pseudo, cartesian_order, prec
     backward passes fuse into element-wise loops.
     """
     p1, p2 = inputs1.shape[-3], inputs2.shape[-3]
-    l1 = round(math.sqrt(inputs1.shape[-2])) - 1
-    l2 = round(math.sqrt(inputs2.shape[-2])) - 1
+    l1 = _max_degree_of(inputs1.shape, "inputs1")
+    l2 = _max_degree_of(inputs2.shape, "inputs2")
     support = _coupling_support(p1, p2, l1, l2, l3, pseudo, cartesian_order)
     n1, n2, n3 = support.shape
     t = _one_hot_product(kernels, p1, p2, l1, l2, l3, pseudo, cartesian_order, precision)
@@ -326,8 +326,8 @@ def _fused_unrolled(inputs1, inputs2, kernels, l3, include_pseudotensors, basis)
     XLA fuses forward and backward passes into a few loops with no intermediate transposes.
     """
     p1, p2 = inputs1.shape[-3], inputs2.shape[-3]
-    l1 = round(math.sqrt(inputs1.shape[-2])) - 1
-    l2 = round(math.sqrt(inputs2.shape[-2])) - 1
+    l1 = _max_degree_of(inputs1.shape, "inputs1")
+    l2 = _max_degree_of(inputs2.shape, "inputs2")
     nm = basis.shape[0]
     dtype = jnp.result_type(inputs1, inputs2)
 
@@ -445,8 +445,8 @@ def fused_tensor_apply(
     less per trace of a model; XLA inlines the call, the compiled program is the same).
     """
     p1, p2 = inputs1.shape[-3], inputs2.shape[-3]
-    l1 = round(math.sqrt(inputs1.shape[-2])) - 1
-    l2 = round(math.sqrt(inputs2.shape[-2])) - 1
+    l1 = _max_degree_of(inputs1.shape, "inputs1")
+    l2 = _max_degree_of(inputs2.shape, "inputs2")
     strategy = (
         _strategy
         or _CONTRACTION
@@ -470,8 +470,8 @@ def _fused_tensor_jit(
 ):
     """:func:`fused_tensor_apply` with the output degree and strategy resolved (static)."""
     p1, p2 = inputs1.shape[-3], inputs2.shape[-3]
-    l1 = round(math.sqrt(inputs1.shape[-2])) - 1
-    l2 = round(math.sqrt(inputs2.shape[-2])) - 1
+    l1 = _max_degree_of(inputs1.shape, "inputs1")
+    l2 = _max_degree_of(inputs2.shape, "inputs2")
     lmax = max(l1, l2, l3)
     dtype = inputs1.dtype
     with jax.ensure_compile_time_eval():
@@ -703,8 +703,8 @@ def tensor_apply(
     the allowed output degrees, then weighted per path and feature.
     """
     p1, p2 = inputs1.shape[-3], inputs2.shape[-3]
-    l1 = round(math.sqrt(inputs1.shape[-2])) - 1
-    l2 = round(math.sqrt(inputs2.shape[-2])) - 1
+    l1 = _max_degree_of(inputs1.shape, "inputs1")
+    l2 = _max_degree_of(inputs2.shape, "inputs2")
     l3 = max_degree
     p3 = 2 if include_pseudotensors else 1
     dtype = jnp.result_type(inputs1, inputs2, kernel)
