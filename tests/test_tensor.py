@@ -225,24 +225,60 @@ def test_fused_tensor_strategies_agree_with_e3x(rng, monkeypatch, strategy):
         (1, 1, False, (2, 0, 2)),
         (1, 1, False, (2, 2, 0)),
         (2, 1, True, (1, 0, 1)),
+        # degree 1 throughout: few couplings, the small model's self-product
+        (1, 1, False, (1, 1, 1)),
     ]
     for p1, p2, pseudo, (l1, l2, l3) in cases:
         x, y = _features(rng, p1, l1), _features(rng, p2, l2)
         ref = e3x.nn.FusedTensor(max_degree=l3, include_pseudotensors=pseudo)
+        ours = FusedTensor(max_degree=l3, include_pseudotensors=pseudo)
         params = _randomised(ref.init(jax.random.PRNGKey(0), x, y), rng)
-        out = FusedTensor(max_degree=l3, include_pseudotensors=pseudo).apply(params, x, y)
+        out = ours.apply(params, x, y)
         np.testing.assert_allclose(out, ref.apply(params, x, y), atol=1e-10)
+        # kernel gradients (training) too: the coupling tensor is a function of the kernels
+        ct = jnp.asarray(rng.normal(size=out.shape))
+        params64 = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+        grads = [
+            jax.grad(lambda p, m=m, x=x, y=y, ct=ct: jnp.vdot(m.apply(p, x, y), ct))(params64)
+            for m in (ours, ref)
+        ]
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-10), *grads)
 
 
-def test_coupling_strategy_is_chosen_for_degenerate_products_only():
+def test_coupling_strategy_is_chosen_for_products_with_few_couplings():
     from e3md.nn.tensor import _coupling_support, _default_strategy
 
     # a degree-2 filter times scalars couples each entry with itself: 9 terms
     assert _coupling_support(1, 1, 2, 0, 2, False, True).sum() == 9
     assert _default_strategy(1, 1, 2, 0, 2, False, True) == "coupling"
     assert _default_strategy(1, 1, 2, 2, 0, False, True) == "coupling"
+    # degree 1 throughout: 10 couplings (e.g. z_0 = x_0 y_0 and x . y; no cross product,
+    # which is a pseudovector)
+    assert _coupling_support(1, 1, 1, 1, 1, False, True).sum() == 10
+    assert _default_strategy(1, 1, 1, 1, 1, False, True) == "coupling"
     assert _default_strategy(1, 1, 2, 2, 2, False, True) == "unrolled"
     assert _default_strategy(2, 2, 2, 2, 2, True, True) == "sparse"
+
+
+def test_coupling_tensor_equals_the_product_on_one_hot_inputs(rng):
+    """The coupling tensor formed from the float64 constants and the kernels equals the product
+    itself (unrolled / sparse strategy) applied to every pair of one-hot inputs: the
+    factorisation over kernel rows holds for random kernels."""
+    from e3md.nn.tensor import _coupling_tensor, _one_hot_product
+
+    for p1, p2, pseudo, (l1, l2, l3) in [
+        (1, 1, False, (2, 2, 2)),
+        (2, 1, True, (1, 2, 2)),
+        (2, 2, True, (2, 1, 3)),
+    ]:
+        x, y = _features(rng, p1, l1), _features(rng, p2, l2)
+        m = FusedTensor(max_degree=l3, include_pseudotensors=pseudo)
+        params = _randomised(m.init(jax.random.PRNGKey(0), x, y), rng)["params"]
+        kernels = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+        args = (p1, p2, l1, l2, l3, pseudo, True)
+        t = _coupling_tensor(kernels, *args)
+        direct = _one_hot_product(kernels, *args, None)
+        np.testing.assert_allclose(t, direct.reshape(t.shape), atol=1e-12)
 
 
 def test_fused_tensor_forward_mode_matches_reverse_mode(rng):

@@ -199,34 +199,47 @@ def _linear_map(vals, matrix: np.ndarray, axis_in: int):
 # of "sparse"), "sparse" (unrolled change of basis, broadcast matrix product; 1.6-2.1x with P=2)
 # or "dense" (einsum everywhere; 1.6-2.6x), or "coupling" (the exact coupling tensor over its
 # nonzero entries; for degenerate products such as the per-edge ones of message passing it
-# made the aspirin training step 1.45x faster than "unrolled"). None means: coupling for
-# degenerate products, else unrolled for P=1 inputs and sparse otherwise (_default_strategy).
+# made the aspirin training step 1.45x faster than "unrolled"; fwd+bwd per edge with P=1,
+# E=20000: 2.1-2.9x "unrolled" at L=1 (10 couplings), 0.9-1.2x at L=2 (83; and 2x the compile
+# time with kernel gradients), 0.6x at L=3 (353)). None means: coupling for products with at
+# most 3 x max(n1, n2, n3) couplings, else unrolled for P=1 inputs and sparse otherwise
+# (_default_strategy).
 _CONTRACTION: str | None = None
 
 
-@functools.cache
-def _coupling_support(p1, p2, l1, l2, l3, pseudo, cartesian_order) -> np.ndarray:
-    """Nonzero pattern ``[n1, n2, n3]`` of the FusedTensor's bilinear coupling tensor.
+# Kernel rows of each factor of the FusedTensor's coupling tensor, in this order.
+_KERNELS_1 = ("kernel_e1", "kernel_o1")
+_KERNELS_2 = ("kernel_e2", "kernel_o2")
+_KERNELS_3 = ("kernel_eee", "kernel_ooe", "kernel_eoo", "kernel_oeo")
 
-    Found by evaluating the product on one-hot inputs with random (generic) kernels: genuine
-    couplings are Clebsch-Gordan products of order 0.1-1, rounding residue of exact zeros is
-    ~1e-7, so the relative threshold 1e-4 separates them for any kernel values.
+
+@functools.cache
+def _coupling_constants(p1, p2, l1, l2, l3, pseudo, cartesian_order):
+    r"""The FusedTensor's coupling tensor as constants times kernel entries.
+
+    Every entry ``i`` of input 1 is scaled by one row ``a(i)`` of ``kernel_e1``/``kernel_o1``
+    (stacked: ``u1``), every entry ``j`` of input 2 by one row ``b(j)`` of ``kernel_e2``/
+    ``kernel_o2`` (``u2``), and each coupling of ``(i, j)`` into output ``k`` runs through one
+    path, weighted by one row ``c(i, j, k)`` of the output kernels (``u3``), so
+    :math:`T_{ijkf} = C_{ijk}\, u1_{a(i) f}\, u2_{b(j) f}\, u3_{c(ijk) f}`. ``C`` and the
+    maps are read off one float64 evaluation of the product (strategy "unrolled"/"sparse") on
+    one-hot inputs, with one feature column of all-one kernels (``C``) and one per kernel row
+    set to one and the other groups' kernels all one (the maps); the test suite checks ``T``
+    against the product itself for random kernels.
+
+    Returns:
+      ``(C [n1, n2, n3] float64, a [n1], b [n2], c [n1, n2, n3])``.
     """
-    n1, n2 = p1 * (l1 + 1) ** 2, p2 * (l2 + 1) ** 2
-    rng = np.random.default_rng(0)
-    kernels = {
-        name: rng.uniform(0.5, 1.5, size=(rows + 1, 1))
-        for name, rows in (
-            ("kernel_e1", l1),
-            ("kernel_o1", l1),
-            ("kernel_e2", l2),
-            ("kernel_o2", l2),
-            ("kernel_eee", l3),
-            ("kernel_ooe", l3),
-            ("kernel_eoo", l3),
-            ("kernel_oeo", l3),
-        )
-    }
+    rows = (2 * (l1 + 1), 2 * (l2 + 1), 4 * (l3 + 1))
+    columns = 1 + sum(rows)
+    kernels = {}
+    start = 1
+    for g, (names, degrees) in enumerate(((_KERNELS_1, l1), (_KERNELS_2, l2), (_KERNELS_3, l3))):
+        u = np.ones((rows[g], columns))
+        u[:, start : start + rows[g]] = np.eye(rows[g])
+        start += rows[g]
+        for k, name in enumerate(names):
+            kernels[name] = u[k * (degrees + 1) : (k + 1) * (degrees + 1)]
     product = functools.partial(
         _one_hot_product,
         p1=p1,
@@ -236,13 +249,47 @@ def _coupling_support(p1, p2, l1, l2, l3, pseudo, cartesian_order) -> np.ndarray
         l3=l3,
         pseudo=pseudo,
         cartesian_order=cartesian_order,
-        precision=None,
+        precision=jax.lax.Precision.HIGHEST,
     )
-    # one compiled call, evaluated now even when called while tracing an outer function
-    with jax.ensure_compile_time_eval():
-        t = jax.jit(product)({k: np.asarray(v, np.float32) for k, v in kernels.items()})
-    t = np.asarray(t)[..., 0].reshape(n1, n2, -1)
-    return np.abs(t) > 1e-4 * np.abs(t).max()
+    # one compiled call in float64, evaluated now even when called while tracing
+    with jax.ensure_compile_time_eval(), jax.enable_x64(True):
+        t = np.asarray(jax.jit(product)(kernels), np.float64)
+    n1, n2 = p1 * (l1 + 1) ** 2, p2 * (l2 + 1) ** 2
+    t = t.reshape(n1, n2, -1, columns)
+    constants = t[..., 0]
+    support = np.abs(constants) > 1e-12
+    t1, t2, t3 = np.split(np.abs(t[..., 1:]), np.cumsum(rows)[:2], axis=-1)
+    a = t1.max(axis=(1, 2)).argmax(axis=-1)
+    b = t2.max(axis=(0, 2)).argmax(axis=-1)
+    c = t3.argmax(axis=-1)
+    # each coupling must run through exactly the rows picked (true by the product's structure)
+    for tg, picked in ((t1, a[:, None, None]), (t2, b[None, :, None]), (t3, c)):
+        other = np.where(np.arange(tg.shape[-1]) == picked[..., None], 0.0, tg)
+        if np.any(other[support] > 1e-12):
+            raise RuntimeError("FusedTensor coupling does not factor over kernel rows")
+    return np.where(support, constants, 0.0), a, b, c
+
+
+def _coupling_support(p1, p2, l1, l2, l3, pseudo, cartesian_order) -> np.ndarray:
+    """Nonzero pattern ``[n1, n2, n3]`` of the FusedTensor's bilinear coupling tensor."""
+    return _coupling_constants(p1, p2, l1, l2, l3, pseudo, cartesian_order)[0] != 0
+
+
+def _coupling_tensor(kernels, p1, p2, l1, l2, l3, pseudo, cartesian_order):
+    """The coupling tensor ``T[n1, n2, n3, F]`` for these kernels (:func:`_coupling_constants`):
+    constants times gathered kernel rows, a few element-wise operations."""
+    c, a, b, k = _coupling_constants(p1, p2, l1, l2, l3, pseudo, cartesian_order)
+    dtype = kernels["kernel_e1"].dtype
+
+    def rows(names, idx):
+        return jnp.take(jnp.concatenate([kernels[n] for n in names], axis=0), idx, axis=0)
+
+    return (
+        jnp.asarray(c, dtype)[..., None]
+        * rows(_KERNELS_1, a)[:, None, None, :]
+        * rows(_KERNELS_2, b)[None, :, None, :]
+        * rows(_KERNELS_3, k.ravel()).reshape(*k.shape, -1)
+    )
 
 
 def _one_hot_product(kernels, p1, p2, l1, l2, l3, pseudo, cartesian_order, precision):
@@ -260,12 +307,12 @@ def _one_hot_product(kernels, p1, p2, l1, l2, l3, pseudo, cartesian_order, preci
 
 
 def _default_strategy(p1, p2, l1, l2, l3, pseudo, cartesian_order) -> str:
-    """ "coupling" when the product is degenerate (few nonzero couplings, e.g. a degree-0
-    factor or a degree-0 output), else "unrolled" (P=1 inputs) / "sparse"."""
+    """ "coupling" when the product has few nonzero couplings (a degree-0 factor or output,
+    or degree 1 throughout), else "unrolled" (P=1 inputs) / "sparse"."""
     n1, n2 = p1 * (l1 + 1) ** 2, p2 * (l2 + 1) ** 2
     n3 = (2 if pseudo else 1) * (l3 + 1) ** 2
     terms = int(_coupling_support(p1, p2, l1, l2, l3, pseudo, cartesian_order).sum())
-    if terms <= 2 * max(n1, n2, n3):
+    if terms <= 3 * max(n1, n2, n3):
         return "coupling"
     return "unrolled" if p1 == p2 == 1 else "sparse"
 
@@ -274,9 +321,9 @@ def _fused_coupling(inputs1, inputs2, kernels, l3, pseudo, cartesian_order, prec
     r"""FusedTensor as its bilinear coupling tensor over the nonzero couplings only.
 
     The product is bilinear with feature-wise weights:
-    :math:`z_{kf} = \sum_{ij} T_{ijkf}\, x_{if}\, y_{jf}`. ``T`` is obtained exactly from the
-    kernels by applying the product to one-hot inputs (once per call, not per edge: ``n1 n2``
-    tiny products), and the per-edge work is one multiply-add pair per *nonzero* coupling --
+    :math:`z_{kf} = \sum_{ij} T_{ijkf}\, x_{if}\, y_{jf}`. ``T`` is formed once per call (not per
+    edge) from the kernels by one small contraction (:func:`_coupling_tensor`), and the work per
+    edge or atom is one multiply-add pair per *nonzero* coupling --
     e.g. 9 per feature for a degree-2 filter times a scalar, where the matrix form spends
     several times that on structurally zero blocks. Inputs are cut with one ``lax.split`` and
     the output joined with one ``concatenate`` (each other's transpose), so forward and
@@ -287,8 +334,7 @@ def _fused_coupling(inputs1, inputs2, kernels, l3, pseudo, cartesian_order, prec
     l2 = _max_degree_of(inputs2.shape, "inputs2")
     support = _coupling_support(p1, p2, l1, l2, l3, pseudo, cartesian_order)
     n1, n2, n3 = support.shape
-    t = _one_hot_product(kernels, p1, p2, l1, l2, l3, pseudo, cartesian_order, precision)
-    t = t.reshape(n1, n2, n3, t.shape[-1])
+    t = _coupling_tensor(kernels, p1, p2, l1, l2, l3, pseudo, cartesian_order)
     x = inputs1.reshape(*inputs1.shape[:-3], n1, inputs1.shape[-1])
     y = inputs2.reshape(*inputs2.shape[:-3], n2, inputs2.shape[-1])
     xs = jax.lax.split(x, [1] * n1, axis=x.ndim - 2)
