@@ -252,8 +252,8 @@ def test_coupling_strategy_is_chosen_for_products_with_few_couplings():
     assert _coupling_support(1, 1, 2, 0, 2, False, True).sum() == 9
     assert _default_strategy(1, 1, 2, 0, 2, False, True) == "coupling"
     assert _default_strategy(1, 1, 2, 2, 0, False, True) == "coupling"
-    # degree 1 throughout: 10 couplings (e.g. z_0 = x_0 y_0 and x . y; no cross product,
-    # which is a pseudovector)
+    # degree 1 throughout: 10 couplings (scalar out: x_0 y_0 and x . y, 4; vector out: x_0 y
+    # and x y_0, 6; the cross product would be a pseudovector)
     assert _coupling_support(1, 1, 1, 1, 1, False, True).sum() == 10
     assert _default_strategy(1, 1, 1, 1, 1, False, True) == "coupling"
     assert _default_strategy(1, 1, 2, 2, 2, False, True) == "unrolled"
