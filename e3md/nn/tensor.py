@@ -317,7 +317,7 @@ def _default_strategy(p1, p2, l1, l2, l3, pseudo, cartesian_order) -> str:
     return "unrolled" if p1 == p2 == 1 else "sparse"
 
 
-def _fused_coupling(inputs1, inputs2, kernels, l3, pseudo, cartesian_order, precision):
+def _fused_coupling(inputs1, inputs2, kernels, l3, pseudo, cartesian_order):
     r"""FusedTensor as its bilinear coupling tensor over the nonzero couplings only.
 
     The product is bilinear with feature-wise weights:
@@ -529,7 +529,7 @@ def _fused_tensor_jit(
     nm = basis.shape[0]
     if strategy == "coupling":
         return _fused_coupling(
-            inputs1, inputs2, kernels, l3, include_pseudotensors, cartesian_order, precision
+            inputs1, inputs2, kernels, l3, include_pseudotensors, cartesian_order
         )
     if strategy == "unrolled":
         return _fused_unrolled(inputs1, inputs2, kernels, l3, include_pseudotensors, basis)
