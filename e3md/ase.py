@@ -33,7 +33,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from ase.data import chemical_symbols
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from e3md.compiler import compiler_options, jit
+from e3md.compiler import compiler_options_key, jit
 from e3md.neighbors import bucket_size, host_neighbors
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def _make_evaluate(config):
     jitted = {}
 
     def evaluate(params, R, **graph):
-        key = tuple(sorted(compiler_options(num_atoms=R.shape[0]).items()))
+        key = compiler_options_key(R.shape[0])
         if key not in jitted:
             jitted[key] = jit(evaluate_graph, num_atoms=R.shape[0])
         return jitted[key](params, R, **graph)

@@ -42,6 +42,7 @@ __all__ = [
     "CLASSIC_EMITTER_MIN_ATOMS",
     "CPU_OPTIONS",
     "compiler_options",
+    "compiler_options_key",
     "default_cache_dir",
     "enable_compile_cache",
     "jit",
@@ -84,6 +85,12 @@ def compiler_options(backend: str | None = None, *, num_atoms: int | None = None
         for name, value in CPU_OPTIONS.items()
         if name not in flags and _xla_accepts(name, value)
     }
+
+
+def compiler_options_key(num_atoms: int | None = None) -> tuple:
+    """:func:`compiler_options` for ``num_atoms`` as a hashable key, for caches of compiled
+    functions (the ASE calculator, the OpenMM force): one entry per set of options."""
+    return tuple(sorted(compiler_options(num_atoms=num_atoms).items()))
 
 
 def jit(fun: Callable | None = None, /, *, num_atoms: int | None = None, **kwargs: Any):

@@ -184,13 +184,12 @@ class E3mdCompute:
         self._fn = None  # jitted lazily on the first call (shared, see ``_COMPILED``)
 
     def _shared_energy_forces_fn(self):
-        from e3md.compiler import compiler_options
+        from e3md.compiler import compiler_options_key
 
-        options = compiler_options(num_atoms=len(self.atomic_numbers))  # depend on the size
         key = (
             hashlib.sha256(self.model_bytes).hexdigest(),
             self.precision,
-            *sorted(options.items()),
+            compiler_options_key(len(self.atomic_numbers)),  # XLA options depend on the size
         )
         fn = _COMPILED.get(key)
         if fn is None:

@@ -30,6 +30,9 @@ def test_molecules_of_a_few_atoms_keep_xla_defaults(monkeypatch):
     assert compiler.compiler_options("cpu", num_atoms=few) == {}
     assert compiler.compiler_options("cpu", num_atoms=few + 1) == {OPTION: False}
     assert compiler.compiler_options("cpu", num_atoms=None) == {OPTION: False}
+    # the cache key of the ASE calculator and the OpenMM force follows the same size classes
+    assert compiler.compiler_options_key(few) == ()
+    assert compiler.compiler_options_key(few + 1) == ((OPTION, False),)
 
 
 def test_xla_flags_set_by_the_user_win(monkeypatch):

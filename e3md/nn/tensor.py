@@ -321,13 +321,13 @@ def _fused_coupling(inputs1, inputs2, kernels, l3, pseudo, cartesian_order):
     r"""FusedTensor as its bilinear coupling tensor over the nonzero couplings only.
 
     The product is bilinear with feature-wise weights:
-    :math:`z_{kf} = \sum_{ij} T_{ijkf}\, x_{if}\, y_{jf}`. ``T`` is formed once per call (not per
-    edge) from the kernels by one small contraction (:func:`_coupling_tensor`), and the work per
-    edge or atom is one multiply-add pair per *nonzero* coupling --
-    e.g. 9 per feature for a degree-2 filter times a scalar, where the matrix form spends
-    several times that on structurally zero blocks. Inputs are cut with one ``lax.split`` and
-    the output joined with one ``concatenate`` (each other's transpose), so forward and
-    backward passes fuse into element-wise loops.
+    :math:`z_{kf} = \sum_{ij} T_{ijkf}\, x_{if}\, y_{jf}`. ``T`` is formed once per call (not
+    per edge) from constants and kernel rows by a few element-wise products
+    (:func:`_coupling_tensor`), and the work per edge or atom is one multiply-add pair per
+    *nonzero* coupling -- e.g. 9 per feature for a degree-2 filter times a scalar, where the
+    matrix form spends several times that on structurally zero blocks. Inputs are cut with one
+    ``lax.split`` and the output joined with one ``concatenate`` (each other's transpose), so
+    forward and backward passes fuse into element-wise loops.
     """
     p1, p2 = inputs1.shape[-3], inputs2.shape[-3]
     l1 = _max_degree_of(inputs1.shape, "inputs1")
