@@ -1,7 +1,10 @@
 """Issue 9: energy+forces throughput of the e3md potential vs equal-size peers (one run).
 
-Contenders, all on the SAME periodic water box and the SAME jax-md ``Sparse`` neighbour list
-(cutoff 5 Å, no skin, ``capacity_multiplier`` 1.25, so padded edges are shared as well):
+Contenders, all on the SAME periodic water box and the SAME jax-md neighbour list (cutoff
+5 Å, no skin, ``capacity_multiplier`` 1.25): the peers share its ``Sparse`` format (so padded
+edges are shared as well), e3md uses its default, the ``Dense`` format of the same list (rows
+of ``M`` slots per atom, ``M`` = 1.25 x the largest neighbour count; its padding is counted
+in its time):
 
 * ``e3md``: the e3md potential (``e3md.potentials``; ``energy_fn`` of
   :func:`e3md.potentials.energy.neighbor_list`, energy and ``jax.grad`` forces).
@@ -67,6 +70,7 @@ from e3md.potentials.model import EDGE_CHUNK
 
 SIZES = {"small": (32, 1, 2, 8), "medium": (64, 2, 2, 8)}
 CUTOFF = 5.0  # Å
+CAPACITY = 1.25  # neighbour-list capacity multiplier (jax-md's default), every contender
 MODELS = ("e3md", "e3x Fused", "e3x Tensor", "nequip")
 # also available: e3md compiled with XLA's default options instead of e3md's (A/B of the options)
 E3MD_XLA_DEFAULTS = "e3md xla-defaults"
@@ -200,11 +204,21 @@ class Contender:
     energy: object = None  # (params, R, neighbor) -> energy, for the cross-check
     flops_fn: object = None  # same function as fn, if XLA's FLOP count of fn would be wrong
     compiler_options: dict = dataclasses.field(default_factory=dict)  # XLA options of its jit
+    neighbor: object = None  # its own list of the same pairs (None: the shared Sparse list)
+
+    def nbrs(self, shared):
+        return shared if self.neighbor is None else self.neighbor
 
 
-def build_contenders(size, names, system, seed=0, edge_chunk=EDGE_CHUNK, peer_options=None):
+def build_contenders(
+    size, names, system, seed=0, edge_chunk=EDGE_CHUNK, peer_options=None, skin=0.0
+):
     """Build every requested contender on ``system`` (from :func:`build_system`); returns
     ``({name: Contender}, e3md config)``.
+
+    e3md runs on its default neighbour list, jax-md's ``Dense`` format of the same pairs
+    (same cutoff, skin and capacity multiplier; rows of a symmetric list, which its
+    reverse-mode rule needs), the peers on the shared ``Sparse`` list.
 
     e3md compiles with e3md's XLA options (``e3md.compiler``, as every e3md jit does); the
     peers with ``peer_options`` (default: XLA's defaults, as their users would run them).
@@ -226,13 +240,16 @@ def build_contenders(size, names, system, seed=0, edge_chunk=EDGE_CHUNK, peer_op
         return jax.value_and_grad(energy, argnums=1)
 
     if "e3md" in names or E3MD_XLA_DEFAULTS in names:
-        _, energy_fn = e3md_neighbor_list(
-            config, e3md_params, displacement, side, z, edge_chunk=edge_chunk
+        nl = dict(dr_threshold=skin, capacity_multiplier=CAPACITY)
+        jax.clear_caches()  # jax-md 0.2.29 dislikes building two systems in one process otherwise
+        neighbor_fn, energy_fn = e3md_neighbor_list(
+            config, e3md_params, displacement, side, z, edge_chunk=edge_chunk, **nl
         )
+        dense_nbrs = neighbor_fn.allocate(R)
         # the same function over all edges at once, only for XLA's FLOP count: the cost
         # analysis counts the body of the edge-block scan once, not once per block
         _, energy_all = e3md_neighbor_list(
-            config, e3md_params, displacement, side, z, edge_chunk=None
+            config, e3md_params, displacement, side, z, edge_chunk=None, **nl
         )
 
         def params_first(energy_fn):
@@ -248,6 +265,7 @@ def build_contenders(size, names, system, seed=0, edge_chunk=EDGE_CHUNK, peer_op
                     e_e3md,
                     flops_fn=with_grad(e_all),
                     compiler_options=options,
+                    neighbor=dense_nbrs,
                 )
 
     for name, fused in (("e3x Fused", True), ("e3x Tensor", False)):
@@ -460,7 +478,7 @@ def build_system(num_atoms: int, skin: float = 0.0):
         side,
         CUTOFF,
         dr_threshold=skin,
-        capacity_multiplier=1.25,
+        capacity_multiplier=CAPACITY,
         format=partition.Sparse,
     )
     R = jnp.asarray(pos, jnp.float32)
@@ -485,14 +503,14 @@ def run_cell(
     _, _, z, R, nbrs, real_edges, _ = system
     n = len(z)
     contenders, config = build_contenders(
-        size, names, system, edge_chunk=edge_chunk, peer_options=peer_options
+        size, names, system, edge_chunk=edge_chunk, peer_options=peer_options, skin=skin
     )
     info = dict(size=size, atoms=n, edges=int(nbrs.idx.shape[1]), real_edges=real_edges)
     rows = {}
     compiled = {}
     for name, c in contenders.items():
         try:
-            fn, secs, flops, xla_bytes = compile_contender(c, R, nbrs)
+            fn, secs, flops, xla_bytes = compile_contender(c, R, c.nbrs(nbrs))
         except Exception as exc:  # noqa: BLE001 - report (e.g. out of memory) and go on
             rows[name] = dict(error=f"{type(exc).__name__}: {str(exc)[:100]}")
             continue
@@ -503,7 +521,7 @@ def run_cell(
         base = _rss_bytes()
         have_reset = _peak_rss_reset()
         try:
-            energy, _ = jax.block_until_ready(fn(c.params, R, nbrs))  # warm-up
+            energy, _ = jax.block_until_ready(fn(c.params, R, c.nbrs(nbrs)))  # warm-up
         except Exception as exc:  # noqa: BLE001
             rows[name]["error"] = f"{type(exc).__name__}: {str(exc)[:100]}"
             continue
@@ -519,7 +537,7 @@ def run_cell(
         for name, fn in compiled.items():
             c = contenders[name]
             t0 = time.perf_counter()
-            jax.block_until_ready(fn(c.params, R, nbrs))
+            jax.block_until_ready(fn(c.params, R, c.nbrs(nbrs)))
             times[name].append(time.perf_counter() - t0)
     ideal = ideal_flops(config, n, real_edges)
     info["ideal_gflop"] = ideal / 1e9
@@ -688,7 +706,7 @@ def largest_fit(
             system = build_system(n)
             _, _, z, R, nbrs, _, _ = system
             c, _ = build_contenders(size, [name], system, edge_chunk=edge_chunk)
-            *_, xla_bytes = compile_contender(c[name], R, nbrs)
+            *_, xla_bytes = compile_contender(c[name], R, c[name].nbrs(nbrs))
         except Exception as exc:  # noqa: BLE001 - e.g. the neighbour list itself out of memory
             error = f"{n} atoms: {type(exc).__name__}: {str(exc)[:160]}"
             print(f"#   {name} {size}: {error}", flush=True)

@@ -16,8 +16,10 @@ that is zero in value and only exists to be differentiated. One jitted function 
   E = \sum_i e_i,\qquad F_i = -\frac{\partial E}{\partial R_i},\qquad
   \sigma = \frac{1}{V}\frac{\partial E}{\partial \varepsilon}\Big|_{\varepsilon=0}
 
-(eV, eV/Å, eV/Å³; ASE's sign: positive stress is tensile). Atoms and edges are padded to size
-buckets (:func:`e3md.neighbors.bucket_size`), so a relaxation or an ASE MD run compiles once
+(eV, eV/Å, eV/Å³; ASE's sign: positive stress is tensile). Atoms are padded to a size bucket
+(:func:`e3md.neighbors.bucket_size`) and the neighbours placed in receiver-major rows of a
+bucketed number of slots per atom (:func:`e3md.neighbors.host_rows`, evaluated with
+``atomic_energies(..., symmetric_rows=slots)``), so a relaxation or an ASE MD run compiles once
 per bucket.
 """
 
@@ -34,7 +36,7 @@ from ase.data import chemical_symbols
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from e3md.compiler import compiler_options_key, jit
-from e3md.neighbors import bucket_size, host_neighbors
+from e3md.neighbors import bucket_size, host_neighbors, host_rows
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,10 @@ def _make_evaluate(config):
         # padded edges point at index N (clamped by the gather): give them a finite length beyond
         # the cutoff, so no 0/0 can arise in a norm or its gradient; they are masked anyway.
         r_ij = jnp.where(edge_mask[:, None], r_ij, jnp.asarray([far, 0.0, 0.0], R.dtype))
-        e_i = atomic_energies(params, r_ij, species_index, src, dst, edge_mask, atom_mask)
+        rows = src.shape[0] // R.shape[0]  # receiver-major rows of a full list (host_rows)
+        e_i = atomic_energies(
+            params, r_ij, species_index, src, dst, edge_mask, atom_mask, symmetric_rows=rows
+        )
         e_i = jnp.where(atom_mask, e_i, 0.0)
         return jnp.sum(e_i), e_i
 
@@ -114,11 +119,11 @@ class E3MDCalculator(Calculator):
       dtype: ``"float32"`` or ``"float64"`` computation (float64 needs ``jax_enable_x64``, which
         the caller sets; the library never changes jax config).
       min_atoms: smallest atom bucket (padding, see :func:`e3md.neighbors.bucket_size`).
-      min_edges: smallest edge bucket.
+      min_edges: smallest number of edge slots (atom bucket x slots per atom).
       **kwargs: forwarded to ``ase.calculators.calculator.Calculator``.
 
     Attributes:
-      traces: one ``(atom bucket, edge bucket)`` entry per compilation of the energy function.
+      traces: one ``(atom bucket, edge slots)`` entry per compilation of the energy function.
         Compiled code (and this list) is shared by all calculators of the same model config and
         dtype, so e.g. NEB images or a new calculator per structure do not recompile.
 
@@ -186,19 +191,22 @@ class E3MDCalculator(Calculator):
                     f"periodic directions, got cell {cell.tolist()}"
                 )
         i, j, S = host_neighbors(R, self.cutoff, cell, pbc)
-        n, e = len(R), len(i)
-        n_pad, e_pad = bucket_size(n, self.min_atoms), bucket_size(e, self.min_edges)
+        n = len(R)
+        n_pad = bucket_size(n, self.min_atoms)
+        most = int(np.bincount(i, minlength=n).max()) if len(i) else 0
+        slots = bucket_size(max(most, -(-self.min_edges // n_pad)), minimum=4)
+        dst, src, shifts, edge_mask = host_rows(i, j, S, n_pad, slots)
         pad = lambda x, size, fill, dtype: np.concatenate(
             [np.asarray(x, dtype), np.full((size - len(x),) + np.shape(x)[1:], fill, dtype)]
         )
         return dict(
             R=pad(R, n_pad, 0.0, self.dtype),
             cell=cell.astype(self.dtype),
-            shifts=pad(S, e_pad, 0, self.dtype),
+            shifts=shifts.astype(self.dtype),
             species_index=pad(index, n_pad, 0, np.int32),
-            src=pad(j, e_pad, n_pad, np.int32),  # sender j
-            dst=pad(i, e_pad, n_pad, np.int32),  # receiver i
-            edge_mask=pad(np.ones(e, bool), e_pad, False, bool),
+            src=src,  # sender j
+            dst=dst,  # receiver i
+            edge_mask=edge_mask,
             atom_mask=pad(np.ones(n, bool), n_pad, False, bool),
         )
 

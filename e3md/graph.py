@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-__all__ = ["edge_vectors", "edge_vectors_from_shifts"]
+__all__ = ["edge_vectors", "edge_vectors_from_shifts", "rows_to_edge_index"]
 
 
 def edge_vectors(
@@ -45,6 +45,16 @@ def edge_vectors(
     r = disp(R[sc], R[dc])
     r = jnp.where(mask[:, None], r, jnp.zeros((), r.dtype))
     return r, src, dst, mask
+
+
+def rows_to_edge_index(idx: Int[Array, "N M"]) -> Int[Array, "2 E"]:
+    """The edges of a jax-md ``Dense`` list ``idx[N, M]`` (senders of receiver ``i`` in row
+    ``i``, padding ``N``) in the Sparse form ``[2, N * M]`` that :func:`edge_vectors` takes:
+    receivers in row 0 (``e // M``), senders in row 1; padding slots keep the sender ``N``.
+    The edges stay receiver-major (edge ``e`` is slot ``e % M`` of row ``e // M``)."""
+    n, m = idx.shape
+    receivers = jnp.repeat(jnp.arange(n, dtype=idx.dtype), m)
+    return jnp.stack([receivers, idx.reshape(-1)])
 
 
 def edge_vectors_from_shifts(

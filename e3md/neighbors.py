@@ -1,9 +1,12 @@
-"""Neighbour lists for e3md: jax-md Sparse lists on the device (cell-size checks, overflow
+"""Neighbour lists for e3md: jax-md lists on the device (cell-size checks, overflow
 handling), and one host-side search (:func:`host_neighbors`, vesin) with the padding buckets
 (:func:`bucket_size`) that the ASE calculator, the OpenMM force and training share.
 
-Neighbour lists come from ``jax_md.partition.neighbor_list`` in ``Sparse`` format (both
-directions of every pair, ``idx[2, E]``, padding index ``N``). jax-md flags a full buffer inside
+Neighbour lists come from ``jax_md.partition.neighbor_list`` in ``Dense`` format by default
+(rows ``idx[N, M]``: the neighbours of atom ``i`` in row ``i``, padding index ``N``; e3md's
+potentials evaluate these with a faster reverse-mode rule, see
+:func:`e3md.potentials.model.atomic_energies`) or ``Sparse`` format (``idx[2, E]``); both hold
+both directions of every pair. jax-md flags a full buffer inside
 ``jit`` (``nbrs.did_buffer_overflow``) instead of raising; edges beyond the capacity are then
 *missing*. The helpers here read that flag on the host and reallocate -- edges are never silently
 dropped. ``allocate`` is host-only (its output shape depends on the data) and cannot be jitted.
@@ -21,7 +24,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from e3md import validate
-from e3md.graph import edge_vectors
+from e3md.graph import edge_vectors, rows_to_edge_index
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,9 @@ __all__ = [
     "bucket_size",
     "check_overflow",
     "check_neighbors",
+    "edge_index",
     "host_neighbors",
+    "host_rows",
     "neighbor_list",
     "update",
 ]
@@ -86,6 +91,41 @@ def host_neighbors(
     return np.asarray(i, np.int32), np.asarray(j, np.int32), np.asarray(S, np.int64)
 
 
+def host_rows(
+    recv: np.ndarray, send: np.ndarray, shifts: np.ndarray, num_rows: int, slots: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Host: a full neighbour list as receiver-major rows of ``slots`` slots per atom.
+
+    The layout ``atomic_energies(..., symmetric_rows=slots)`` takes: edge ``e`` is slot
+    ``e % slots`` of receiver ``e // slots``. Lists from :func:`host_neighbors` hold both
+    directions of every pair (``(j, i, -n)`` with ``(i, j, n)``), as the rows' reverse-mode rule
+    needs.
+
+    Args:
+      recv, send: receiver and sender indices ``[E]`` (< ``num_rows``).
+      shifts: integer cell shifts ``[E, 3]``.
+      num_rows: atoms including padding atoms (rows).
+      slots: slots per row, at least the largest neighbour count.
+
+    Returns:
+      ``(recv, send, shifts, edge_mask)`` of length ``num_rows * slots``; empty slots have the
+      sender ``num_rows``, zero shift and mask False.
+    """
+    recv, send = np.asarray(recv), np.asarray(send)
+    counts = np.bincount(recv, minlength=num_rows)
+    if counts.size and counts.max() > slots:
+        raise ValueError(f"{counts.max()} neighbours do not fit into {slots} slots per atom")
+    order = np.argsort(recv, kind="stable")
+    start = np.cumsum(counts) - counts
+    slot = recv[order] * slots + np.arange(order.size) - start[recv[order]]
+    out_send = np.full(num_rows * slots, num_rows, np.int32)
+    out_shifts = np.zeros((num_rows * slots, 3), np.asarray(shifts).dtype)
+    mask = np.zeros(num_rows * slots, bool)
+    out_send[slot], out_shifts[slot], mask[slot] = send[order], np.asarray(shifts)[order], True
+    out_recv = np.repeat(np.arange(num_rows, dtype=np.int32), slots)
+    return out_recv, out_send, out_shifts, mask
+
+
 def bucket_size(n: int, minimum: int = 8, fraction: float = 0.25) -> int:
     r"""Padded size :math:`\ge \max(n, \mathrm{minimum})` on the grid
     :math:`2^k\,(1 + \mathrm{fraction}\cdot\mathbb N)`: with the default at most 25 %
@@ -108,9 +148,10 @@ def neighbor_list(
     disable_cell_list: bool = False,
     periodic: bool | None = None,
     min_distance: float = validate.MIN_DISTANCE,
+    format: str = "dense",
     **static_kwargs: Any,
 ):
-    """A checked jax-md Sparse neighbour-list builder for a model with ``cutoff``.
+    """A checked jax-md neighbour-list builder for a model with ``cutoff``.
 
     The list includes pairs closer than ``cutoff + dr_threshold`` (Å), so it stays valid until
     some atom moved ``dr_threshold / 2``; ``neighbor_fn.update`` rebuilds as needed inside jit.
@@ -129,6 +170,9 @@ def neighbor_list(
         boxes are checked with :func:`e3md.validate.check_box` at build time and at every
         ``allocate`` (pass ``periodic=False`` to use a cell list in free space).
       min_distance: floor (Å) checked on every ``allocate``.
+      format: ``"dense"`` (jax-md ``Dense``: rows ``[N, M]``, the fast path of e3md's
+        potentials) or ``"sparse"`` (jax-md ``Sparse``: ``[2, E]``, which supports forward-mode
+        differentiation of the energy as well).
       **static_kwargs: forwarded to ``jax_md.partition.neighbor_list``.
 
     Returns:
@@ -140,6 +184,9 @@ def neighbor_list(
     """
     from jax_md import partition
 
+    formats = {"dense": partition.Dense, "sparse": partition.Sparse}
+    if format not in formats:
+        raise ValueError(f"format must be 'dense' or 'sparse', received {format!r}")
     if periodic is None:
         periodic = box is not None
     if periodic:
@@ -157,7 +204,7 @@ def neighbor_list(
         capacity_multiplier=capacity_multiplier,
         disable_cell_list=disable_cell_list,
         fractional_coordinates=fractional_coordinates,
-        format=partition.Sparse,
+        format=formats[format],
         **static_kwargs,
     )
 
@@ -177,7 +224,7 @@ def check_overflow(nbrs) -> None:
     """Raise ``RuntimeError`` if the neighbour list overflowed (edges would be missing)."""
     if bool(nbrs.did_buffer_overflow):
         raise RuntimeError(
-            f"neighbour list overflowed (capacity {nbrs.idx.shape[-1]} edges); reallocate it "
+            f"neighbour list overflowed (capacity {nbrs.idx.shape[-1]}); reallocate it "
             "with neighbor_fn.allocate (see e3md.neighbors.update)"
         )
 
@@ -196,11 +243,19 @@ def check_neighbors(
       ValueError: naming the closest pair.
     """
     del cutoff
-    r, src, dst, mask = edge_vectors(displacement_fn, R, nbrs.idx, **_disp_kwargs(kwargs))
+    r, src, dst, mask = edge_vectors(displacement_fn, R, edge_index(nbrs), **_disp_kwargs(kwargs))
     mask = np.asarray(mask)
     d = np.linalg.norm(np.asarray(r), axis=-1)[mask]
     pairs = np.stack([np.asarray(dst)[mask], np.asarray(src)[mask]])
     validate.check_min_distance(d, pairs, min_distance)
+
+
+def edge_index(nbrs) -> Array:
+    """The neighbour list's edges as ``[2, E]`` (receivers, senders) for either jax-md format
+    (a Dense list's rows flattened receiver-major, :func:`e3md.graph.rows_to_edge_index`)."""
+    from jax_md import partition
+
+    return nbrs.idx if partition.is_sparse(nbrs.format) else rows_to_edge_index(nbrs.idx)
 
 
 def _disp_kwargs(kwargs: dict) -> dict:

@@ -19,8 +19,10 @@ The neighbour search runs on the host once per force evaluation (positions arriv
 anyway; :func:`e3md.neighbors.host_neighbors`, vesin cell lists, :math:`O(N)`): every pair
 :math:`(i, j)` and lattice translation :math:`\mathbf{n}` with
 :math:`|\mathbf{R}_j - \mathbf{R}_i + \mathbf{n}^\top C| < r_c` becomes an edge, so periodic
-images are honoured through cell shifts. Edge arrays are padded to a capacity that only grows,
-so the jitted energy-and-force function recompiles rarely.
+images are honoured through cell shifts. The edges are placed in receiver-major rows of a number
+of slots per atom that only grows (:func:`e3md.neighbors.host_rows`; evaluated with
+``atomic_energies(..., symmetric_rows=slots)``), so the jitted energy-and-force function
+recompiles rarely.
 
 ``openmm`` / ``openmmml`` are imported lazily inside functions: importing this module needs
 neither, and the e3md core never imports this module. openmm-ml imports it through the entry
@@ -98,11 +100,11 @@ def _potential_from_bytes(blob: bytes):
         return potentials.load(path)
 
 
-def _capacity(num_edges: int, current: int) -> int:
-    """Edge capacity that only grows: 25 % headroom, rounded up to a multiple of 64."""
-    if num_edges <= current:
+def _capacity(neighbours: int, current: int) -> int:
+    """Slots per atom that only grow: 25 % headroom, rounded up to a multiple of 4."""
+    if neighbours <= current:
         return current
-    return max(64, int(np.ceil(1.25 * num_edges / 64.0)) * 64)
+    return max(8, int(np.ceil(1.25 * neighbours / 4.0)) * 4)
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,7 +226,15 @@ class E3mdCompute:
             r_ij = R[send] - R[recv] + shift.astype(R.dtype) @ cell
             r_ij = jnp.where(edge_mask[:, None], r_ij, far.astype(R.dtype))
             e_i = potentials.atomic_energies(
-                config, params, r_ij, species_index, send, recv, edge_mask, atom_mask
+                config,
+                params,
+                r_ij,
+                species_index,
+                send,
+                recv,
+                edge_mask,
+                atom_mask,
+                symmetric_rows=send.shape[0] // R.shape[0],  # rows of a full list (host_rows)
             )
             return jnp.sum(jnp.where(atom_mask, e_i, 0.0))
 
@@ -264,7 +274,7 @@ class E3mdCompute:
         import jax
 
         from e3md import validate
-        from e3md.neighbors import host_neighbors
+        from e3md.neighbors import host_neighbors, host_rows
 
         if self.periodic and cell is None:
             raise ValueError("this e3md force is periodic but no cell was given")
@@ -288,15 +298,12 @@ class E3mdCompute:
             log.warning("e3md OpenMM force: %s; returning E = +inf", err)
             return np.inf, np.full((n, 3), np.nan)
         self._last_overlap = None
-        capacity = _capacity(num_edges, self._capacity)
+        most = int(np.bincount(recv, minlength=n).max()) if num_edges else 0
+        capacity = _capacity(most, self._capacity)
         if capacity != self._capacity:
-            log.debug("e3md OpenMM force: edge capacity %d -> %d", self._capacity, capacity)
+            log.debug("e3md OpenMM force: slots per atom %d -> %d", self._capacity, capacity)
             self._capacity = capacity
-        pad = capacity - num_edges
-        recv = np.concatenate([recv, np.full(pad, n, np.int32)])
-        send = np.concatenate([send, np.full(pad, n, np.int32)])
-        shift = np.concatenate([shift, np.zeros((pad, 3), np.int64)])
-        edge_mask = np.arange(capacity) < num_edges
+        recv, send, shift, edge_mask = host_rows(recv, send, shift, n, capacity)
         atom_mask = np.ones(n, dtype=bool)
         dtype = np.float64 if self.precision == "double" else np.float32
         with jax.enable_x64(self.precision == "double"):

@@ -357,14 +357,25 @@ def run_md(
         )
         kw = _box_kwargs(alloc_box)
         template = _hashable(neighbor_fn.allocate(ref[0] if batched else ref, **kw))
-        nbrs = dataclasses.replace(
-            template,
-            idx=jnp.asarray(arrays["neighbor/idx"]),
-            reference_position=ref,
-            error=partition.PartitionError(jnp.asarray(arrays["neighbor/error"])),
-            max_occupancy=int(meta["max_occupancy"]),
-            cell_list_capacity=meta["cell_list_capacity"],
-        )
+        saved_format = meta.get("neighbor_format", "sparse")  # older checkpoints: Sparse
+        if saved_format != _format_name(template.format):
+            log.warning(
+                "restart %s: the checkpoint's neighbour list is %s, this run's %s; rebuilding "
+                "it (the run continues, but not bit-identically)",
+                restart,
+                saved_format,
+                _format_name(template.format),
+            )
+            nbrs = allocate(ref, alloc_box)
+        else:
+            nbrs = dataclasses.replace(
+                template,
+                idx=jnp.asarray(arrays["neighbor/idx"]),
+                reference_position=ref,
+                error=partition.PartitionError(jnp.asarray(arrays["neighbor/error"])),
+                max_occupancy=int(meta["max_occupancy"]),
+                cell_list_capacity=meta["cell_list_capacity"],
+            )
         pos0 = jnp.asarray(arrays["state/position"])
         mom0 = jnp.asarray(arrays["state/momentum"])
         if batched:
@@ -473,6 +484,7 @@ def run_md(
             "n_atoms": int(n_atoms),
             "replicas": int(replicas),
             "max_occupancy": int(nbrs.max_occupancy),
+            "neighbor_format": _format_name(nbrs.format),
             "cell_list_capacity": None
             if nbrs.cell_list_capacity is None
             else int(nbrs.cell_list_capacity),
@@ -706,6 +718,12 @@ def _blow_up(message, last_good, report, write_checkpoint, alloc_box):
         step,
         state,
     )
+
+
+def _format_name(fmt) -> str:
+    from jax_md import partition
+
+    return "sparse" if partition.is_sparse(fmt) else "dense"
 
 
 def _check_restart(meta, config: EnsembleConfig, n_atoms, replicas, path):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from ase.neighborlist import primitive_neighbor_list
 
-from e3md.neighbors import bucket_size, host_neighbors
+from e3md.neighbors import bucket_size, host_neighbors, host_rows
 from e3md.validate import cell_widths
 
 
@@ -68,3 +68,21 @@ def test_bucket_size():
     assert len(set(sizes)) < 45  # few distinct shapes, i.e. few compiles
     # a coarser grid pads more and compiles less
     assert all(bucket_size(n, 8, fraction=0.5) <= 1.5 * n for n in range(9, 3000))
+
+
+def test_host_rows_hold_exactly_the_edges_in_receiver_major_rows(rng):
+    """Rows of a full list: every edge once, in its receiver's row; empty slots masked, with the
+    padding sender; the list is symmetric (what ``symmetric_rows`` promises)."""
+    cell = 8.0 * np.eye(3)
+    R = rng.uniform(0, 8.0, size=(20, 3))
+    i, j, S = host_neighbors(R, 3.0, cell, True)
+    assert _as_set(i, j, S) == _as_set(j, i, -S)  # full list: both directions
+    slots = int(np.bincount(i).max()) + 2
+    recv, send, shifts, mask = host_rows(i, j, S, 23, slots)  # 3 padding atoms
+    assert recv.shape == send.shape == mask.shape == (23 * slots,)
+    np.testing.assert_array_equal(recv, np.repeat(np.arange(23), slots))
+    assert _as_set(recv[mask], send[mask], shifts[mask]) == _as_set(i, j, S)
+    assert mask.sum() == len(i)
+    assert np.all(send[~mask] == 23) and not shifts[~mask].any()
+    with pytest.raises(ValueError, match="do not fit"):
+        host_rows(i, j, S, 23, slots - 3)

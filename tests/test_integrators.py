@@ -30,7 +30,7 @@ SIGMA, EPSILON = 3.4, 0.0104  # Å, eV (argon)
 R_CUT = 1.5  # in units of sigma -> 5.1 Å
 
 
-def lj_builder(displacement_fn, box, capacity_multiplier=1.25, **kw):
+def lj_builder(displacement_fn, box, capacity_multiplier=1.25, format="sparse", **kw):
     from jax_md import energy, partition
 
     return energy.lennard_jones_neighbor_list(
@@ -40,7 +40,7 @@ def lj_builder(displacement_fn, box, capacity_multiplier=1.25, **kw):
         epsilon=EPSILON,
         r_onset=1.2,
         r_cutoff=R_CUT,
-        format=partition.Sparse,
+        format=partition.Sparse if format == "sparse" else partition.Dense,
         capacity_multiplier=capacity_multiplier,
         **kw,
     )
@@ -223,6 +223,24 @@ def test_restart_is_bit_identical(tmp_path, lj, settings):
     # a restart with other settings is refused
     with pytest.raises(ValueError, match="settings differ"):
         run_lj(*lj, steps=100, restart=ckpt, **dict(kw, dt_fs=2.0))
+
+
+def test_restart_across_neighbour_formats(tmp_path, lj, caplog):
+    """A checkpoint written with a Sparse list (as every e3md release before the Dense default)
+    restarts a run whose list is Dense: the list is rebuilt, the run continues (the same
+    dynamics up to round-off, not bit-identically), with a warning."""
+    kw = dict(NVT, seed=11, chunk_steps=20, checkpoint_every=40)
+    full = run_lj(*lj, steps=100, **kw)
+    ckpt = tmp_path / "ckpt.npz"
+    run_lj(*lj, steps=40, checkpoint=ckpt, **kw)
+    assert load_checkpoint(ckpt)[1]["neighbor_format"] == "sparse"
+    atoms, sp = lj[0], lj[1]
+    _, nfn, efn = lj_system(atoms, capacity_multiplier=3.0, format="dense")
+    with caplog.at_level("WARNING"):
+        rest = run_lj(atoms, sp, nfn, efn, steps=100, restart=ckpt, **kw)
+    assert "rebuilding" in caplog.text
+    assert rest.step == 100 and rest.neighbor.idx.shape[0] == len(atoms)
+    np.testing.assert_allclose(rest.state.position, full.state.position, atol=1e-8)
 
 
 def test_replicas_match_single_runs(lj):

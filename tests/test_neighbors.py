@@ -47,19 +47,22 @@ def _brute_pairs(R, cutoff):
 
 
 def _pairs(nbrs, N):
-    idx = np.asarray(nbrs.idx)
-    keep = idx[0] < N
+    idx = np.asarray(neighbors.edge_index(nbrs))
+    keep = (idx[0] < N) & (idx[1] < N)
     return set(zip(idx[0][keep].tolist(), idx[1][keep].tolist(), strict=True))
 
 
-def test_overflow_is_detected_and_reallocated(rng):
+@pytest.mark.parametrize("fmt", ["dense", "sparse"])
+def test_overflow_is_detected_and_reallocated(rng, fmt):
     """Compressing a gas overflows the list: update() reallocates; no edge is ever lost."""
     N, cutoff = 24, 2.0
     R0 = rng.uniform(0, 12.0, size=(N, 3))
     while np.min(np.linalg.norm(R0[:, None] - R0[None], axis=-1) + 9 * np.eye(N)) < 1.2:
         R0 = rng.uniform(0, 12.0, size=(N, 3))
     disp, _ = space.free()
-    nf = neighbors.neighbor_list(disp, None, cutoff, dr_threshold=0.2, capacity_multiplier=1.0)
+    nf = neighbors.neighbor_list(
+        disp, None, cutoff, dr_threshold=0.2, capacity_multiplier=1.0, format=fmt
+    )
     nbrs = nf.allocate(jnp.asarray(R0))
     # exactly the pairs within cutoff + skin (jax-md adds the skin to the cutoff it is given)
     assert _pairs(nbrs, N) == _brute_pairs(R0, cutoff + 0.2)

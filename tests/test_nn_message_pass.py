@@ -398,3 +398,159 @@ def test_class_inputs_are_the_same_function(factored, chunk, rng):
     with pytest.raises(ValueError, match="scalar weights"):
         layer.apply(params, table, b, jnp.ones((dst.shape[0], 1, 1, F)), dst_idx=dst,
                     src_idx=src, input_index=classes)  # fmt: skip
+
+
+def _symmetric_rows(rng, slots=8):
+    """All pairs of N atoms within 2.2 Å (a symmetric list) as sparse edges and as receiver-
+    major rows [N, slots] (padding index N), with symmetric per-pair weights."""
+    pos = rng.uniform(0, 2.5, (N, 3))
+    d = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
+    pair = (d < 2.2) & ~np.eye(N, dtype=bool)
+    dst, src = np.nonzero(pair)
+    w_pair = 1.0 + np.cos(0.7 * np.minimum(dst, src) + 0.3 * np.maximum(dst, src))
+    adj = np.full((N, slots), N)
+    w_rows = np.zeros((N, slots))
+    for i in range(N):
+        js = src[dst == i]
+        adj[i, : js.size] = js
+        w_rows[i, : js.size] = w_pair[dst == i]
+    r = pos[src] - pos[dst]
+    r_rows = np.where((adj < N)[..., None], pos[np.minimum(adj, N - 1)] - pos[:, None], 0.0)
+    return (
+        jnp.asarray(r),
+        jnp.asarray(src),
+        jnp.asarray(dst),
+        jnp.asarray(w_pair),
+        jnp.asarray(r_rows),
+        jnp.asarray(adj),
+        jnp.asarray(w_rows),
+    )
+
+
+@pytest.mark.parametrize(
+    "parity, in_degree, out_degree, factored",
+    [
+        (1, 2, 0, True),  # coupling-tensor rule (the last message pass of e3md's model)
+        (1, 1, 1, True),  # coupling-tensor rule, degree-1 messages
+        (1, 2, 2, True),  # generic rule (unrolled product)
+        (2, 1, 2, False),  # generic rule, pseudotensors, full basis
+    ],
+)
+def test_symmetric_rows_are_the_same_function(parity, in_degree, out_degree, factored, rng):
+    """MessagePass(symmetric=True) over rows equals the sparse path: values and reverse-mode
+    derivatives with respect to the features, the basis (hence the positions) and the
+    parameters, also second order (the parameter gradient of a force-like quantity)."""
+    r, src, dst, w, r_rows, adj, w_rows = _symmetric_rows(rng)
+    x = jnp.asarray(rng.normal(size=(N, parity, (in_degree + 1) ** 2, F)))
+    layer = MessagePass(max_degree=out_degree, include_pseudotensors=parity == 2)
+
+    def basis(r):
+        return nn.basis(r, max_degree=2, num=K, radial_fn=RADIAL, cutoff_fn=CUT, factored=factored)
+
+    sparse = dict(src_idx=src, dst_idx=dst, num_segments=N)
+    rows = dict(adj_idx=adj, symmetric=True, edge_chunk=3 * adj.shape[1])  # 3 atoms per block
+    params = layer.init(jax.random.PRNGKey(0), x, basis(r), w[:, None, None, None], **sparse)
+    params = jax.tree.map(lambda a: a + 0.3 * jnp.asarray(rng.normal(size=a.shape)), params)
+    ct = jnp.asarray(rng.normal(size=layer.apply(params, x, basis(r), None, **sparse).shape))
+
+    def energy_sparse(p, x, r):
+        return jnp.sum(ct * layer.apply(p, x, basis(r), w[:, None, None, None], **sparse))
+
+    def energy_rows(p, x, r_rows):
+        safe = jnp.where((adj < N)[..., None], r_rows, 1.0)  # padding slots: any safe vector
+        return jnp.sum(ct * layer.apply(p, x, basis(safe), w_rows[..., None, None, None], **rows))
+
+    e1, (dp1, dx1, dr1) = jax.value_and_grad(energy_sparse, argnums=(0, 1, 2))(params, x, r)
+    e2, (dp2, dx2, dr2) = jax.value_and_grad(energy_rows, argnums=(0, 1, 2))(params, x, r_rows)
+    np.testing.assert_allclose(e2, e1, rtol=1e-12)
+    np.testing.assert_allclose(dx2, dx1, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dr2, _to_rows(dr1, adj, dst, src), rtol=1e-10, atol=1e-12)
+    for a, b in zip(jax.tree.leaves(dp2), jax.tree.leaves(dp1), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+    # second order: d/dparams of sum(c * d energy / d r), as force training differentiates
+    c = jnp.asarray(rng.normal(size=r.shape))
+    c_rows = jnp.asarray(_to_rows(c, adj, dst, src))
+    h1 = jax.grad(lambda p: jnp.sum(c * jax.grad(energy_sparse, 2)(p, x, r)))(params)
+    h2 = jax.grad(lambda p: jnp.sum(c_rows * jax.grad(energy_rows, 2)(p, x, r_rows)))(params)
+    for a, b in zip(jax.tree.leaves(h2), jax.tree.leaves(h1), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11)
+
+
+def _to_rows(a, adj, dst, src):
+    """A per-edge array of the sparse list placed into the rows' slots (zero on padding)."""
+    edge = {(int(i), int(j)): e for e, (i, j) in enumerate(zip(dst, src, strict=True))}
+    out = np.zeros(adj.shape + a.shape[1:])
+    for i in range(adj.shape[0]):
+        for m, j in enumerate(np.asarray(adj[i])):
+            if j < adj.shape[0]:
+                out[i, m] = a[edge[(i, int(j))]]
+    return out
+
+
+@pytest.mark.parametrize("out_degree", [0, 2])  # coupling and generic rules
+def test_symmetric_rows_keep_float32(out_degree, rng):
+    """float32 inputs (with x64 enabled, as in e3md md) give float32 values and cotangents."""
+    r, src, dst, w, r_rows, adj, w_rows = _symmetric_rows(rng)
+    x = jnp.asarray(rng.normal(size=(N, 1, 9, F)), jnp.float32)
+    layer = MessagePass(max_degree=out_degree, include_pseudotensors=False)
+    safe = jnp.where((adj < N)[..., None], r_rows, 1.0).astype(jnp.float32)
+    b = nn.basis(safe, max_degree=2, num=K, radial_fn=RADIAL, cutoff_fn=CUT, factored=True)
+    wr = w_rows.astype(jnp.float32)[..., None, None, None]
+    params = layer.init(jax.random.PRNGKey(0), x, b, wr, adj_idx=adj)
+
+    def energy(x, b, symmetric):
+        return jnp.sum(layer.apply(params, x, b, wr, adj_idx=adj, symmetric=symmetric) ** 2)
+
+    g = jax.grad(energy, argnums=(0, 1))(x, b, True)
+    g_ref = jax.grad(energy, argnums=(0, 1))(x, b, False)
+    for a, c in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref), strict=True):
+        assert a.dtype == jnp.float32
+        np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-6)
+
+
+def test_symmetric_rows_need_a_symmetric_list(rng):
+    """The promise matters: one-directional weights give a different sender cotangent (the
+    rule reads the reversed edge's weight), while the forward values still agree."""
+    r, src, dst, w, r_rows, adj, w_rows = _symmetric_rows(rng)
+    x = jnp.asarray(rng.normal(size=(N, 1, 9, F)))
+    layer = MessagePass(max_degree=0, include_pseudotensors=False)
+    b_rows = nn.basis(
+        jnp.where((adj < N)[..., None], r_rows, 1.0),
+        max_degree=2,
+        num=K,
+        radial_fn=RADIAL,
+        cutoff_fn=CUT,
+        factored=True,
+    )
+    w_half = jnp.where(adj > jnp.arange(N)[:, None], w_rows, 0.0)  # keep only i <- j with j > i
+    params = layer.init(
+        jax.random.PRNGKey(0), x, b_rows, w_half[..., None, None, None], adj_idx=adj
+    )
+
+    def energy(x, symmetric):
+        m = layer.apply(
+            params, x, b_rows, w_half[..., None, None, None], adj_idx=adj, symmetric=symmetric
+        )
+        return jnp.sum(m**2)
+
+    np.testing.assert_allclose(energy(x, True), energy(x, False), rtol=1e-12)
+    g_true, g_rule = jax.grad(energy)(x, False), jax.grad(energy)(x, True)
+    assert not np.allclose(g_rule, g_true, rtol=1e-3)
+
+
+def test_symmetric_rows_bad_arguments(rng):
+    r, src, dst, w, r_rows, adj, w_rows = _symmetric_rows(rng)
+    x = jnp.asarray(rng.normal(size=(N, 1, 4, F)))
+    b = nn.basis(r, max_degree=1, num=K, radial_fn=RADIAL, cutoff_fn=CUT)
+    layer = MessagePass(max_degree=0)
+    params = layer.init(jax.random.PRNGKey(0), x, b, src_idx=src, dst_idx=dst)
+    with pytest.raises(ValueError, match="symmetric=True needs an unbatched dense index list"):
+        layer.apply(params, x, b, src_idx=src, dst_idx=dst, symmetric=True)
+    b_rows = nn.basis(
+        jnp.where((adj < N)[..., None], r_rows, 1.0), max_degree=1, num=K, radial_fn=RADIAL
+    )
+    with pytest.raises(ValueError, match="per-edge scalar weights"):
+        layer.apply(
+            params, x, b_rows, jnp.ones((N, adj.shape[1], 1, 1, F)), adj_idx=adj, symmetric=True
+        )

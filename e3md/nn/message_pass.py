@@ -16,9 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Integer
 
+from e3md.nn import rows
 from e3md.nn.dense import Dense
 from e3md.nn.ops import gather_src, indexed_sum
-from e3md.nn.tensor import FusedTensor, Tensor
+from e3md.nn.tensor import FusedTensor, Tensor, coupling_form
 
 __all__ = ["MessagePass"]
 
@@ -185,6 +186,73 @@ def _class_messages(
     return products.reshape(num_segments, num_classes, *products.shape[1:]).sum(axis=1)
 
 
+def _symmetric_messages(
+    inputs, basis, weights, adj_idx, where, *, edge_chunk, dense, tensor, params, precision
+):
+    """``MessagePass`` over a symmetric list in receiver-major rows (:mod:`e3md.nn.rows`)."""
+    num_nodes, slots = adj_idx.shape
+    w = jnp.ones((num_nodes, slots), inputs.dtype) if weights is None else weights
+    w = jnp.where(where, jnp.broadcast_to(w, (num_nodes, slots)), 0)
+    atoms_per_block = num_nodes if edge_chunk is None else max(1, edge_chunk // max(slots, 1))
+    atoms_per_block = min(atoms_per_block, num_nodes)
+    factored = isinstance(basis, tuple | list)
+    p, l2 = inputs.shape[-3], round(math.sqrt(inputs.shape[-2])) - 1
+    form = None
+    if factored and isinstance(tensor, FusedTensor):
+        radial, angular = basis
+        lb = round(math.sqrt(angular.shape[-1])) - 1
+        kernels = params[tensor.name]
+        # the computation dtype as FusedTensor's (flax promote_dtype)
+        dtype = tensor.dtype or jnp.result_type(inputs, *kernels.values())
+        kernels = {k: v.astype(dtype) for k, v in kernels.items()}
+        form = coupling_form(
+            kernels,
+            1,
+            p,
+            lb,
+            l2,
+            tensor.max_degree,
+            tensor.include_pseudotensors,
+            tensor.cartesian_order,
+        )
+    if form is not None:
+        t, support, (p3, lm3) = form
+        wk = jnp.stack(
+            [params["filter"][f"{l}{'+-'[l % 2]}"]["kernel"] for l in range(lb + 1)]
+        ).astype(dtype)
+        out = rows.coupling_row_messages(
+            wk,
+            t,
+            support,
+            inputs.reshape(num_nodes, -1, inputs.shape[-1]).astype(dtype),
+            radial.astype(dtype),
+            angular[..., 0, :].astype(dtype),
+            w.astype(dtype),
+            adj_idx,
+            atoms_per_block=atoms_per_block,
+            precision=precision,
+        )
+        return out.reshape(num_nodes, p3, lm3, inputs.shape[-1])
+
+    def filters(prm, b):
+        d = dense.bind({"params": prm["filter"]})
+        return _factored_filters(d, *b) if factored else d(b)
+
+    def product(prm, f, g):
+        return tensor.bind({"params": prm[tensor.name]})(f, g)
+
+    return rows.generic_row_messages(
+        params,
+        inputs,
+        tuple(basis) if factored else basis,
+        w,
+        adj_idx,
+        filters=filters,
+        product=product,
+        atoms_per_block=atoms_per_block,
+    )
+
+
 class MessagePass(nn.Module):
     r"""One equivariant message-passing step.
 
@@ -267,6 +335,7 @@ class MessagePass(nn.Module):
         indices_are_sorted: bool = False,
         edge_chunk: int | None = None,
         input_index: Integer[Array, " N"] | None = None,
+        symmetric: bool = False,
     ) -> Float[Array, "... N P3 LM3 F"]:
         """Computes the messages ``m[..., N, P3, (L3+1)**2, F]``.
 
@@ -297,6 +366,16 @@ class MessagePass(nn.Module):
             weighted basis per (receiver, sender class) first and applying filter and product
             per receiver and class: per-edge work O(LMb K) instead of O(LMb F). Needs per-edge
             scalar ``weights`` (``[E, 1, 1, 1]``) and ``use_basis_bias=False``.
+          symmetric: dense, unbatched lists ``adj_idx[N, M]`` only: promise that the list is
+            symmetric -- ``i <- j`` is an edge iff ``j <- i`` is, with equal weights and the
+            basis of the reversed vector (``(-1)^l`` times the rows of degree ``l``, true for
+            ``e3md.nn.basis``) -- as full neighbour lists are. The messages are then evaluated
+            over blocks of ``max(1, edge_chunk // M)`` receivers (all at once if
+            ``edge_chunk`` is None) with a reverse-mode rule that uses the symmetry: the
+            senders' cotangents are sums over their own rows instead of scatters
+            (:mod:`e3md.nn.rows`; 2-2.4x faster forward + backward on CPU). The same
+            function; reverse-mode only (``jax.grad``/``jax.vjp``, also nested), not
+            ``jax.jvp``. Needs per-edge scalar ``weights`` (``[N, M, 1, 1, 1]``).
 
         Returns:
           Messages per node.
@@ -376,6 +455,34 @@ class MessagePass(nn.Module):
             name="filter",
         )
         tensor = self._tensor()
+        if symmetric:
+            if adj_idx is None or adj_idx.ndim != 2 or table is not None:
+                raise ValueError(
+                    "symmetric=True needs an unbatched dense index list adj_idx[N, M] (and no "
+                    f"input_index), received adj_idx of shape "
+                    f"{None if adj_idx is None else adj_idx.shape}"
+                )
+            if weights is not None and any(d != 1 for d in jnp.shape(weights)[2:]):
+                raise ValueError(
+                    "symmetric=True needs per-edge scalar weights [N, M, 1, 1, 1], "
+                    f"received shape {jnp.shape(weights)}"
+                )
+            if edge_chunk is not None and edge_chunk < 1:
+                raise ValueError(f"edge_chunk must be positive, received {edge_chunk}")
+            if not self.is_initializing():
+                return _symmetric_messages(
+                    inputs,
+                    basis,
+                    None if weights is None else jnp.reshape(weights, jnp.shape(weights)[:2]),
+                    adj_idx,
+                    where,
+                    edge_chunk=edge_chunk,
+                    dense=dense.clone(parent=None),
+                    tensor=tensor.clone(parent=None),
+                    params=self.variables["params"],
+                    precision=self.precision,
+                )
+            edge_chunk = None
         if edge_chunk is not None:
             if adj_idx is not None or src_idx.ndim != 1 or edge_chunk < 1:
                 raise ValueError(

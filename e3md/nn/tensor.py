@@ -317,6 +317,24 @@ def _default_strategy(p1, p2, l1, l2, l3, pseudo, cartesian_order) -> str:
     return "unrolled" if p1 == p2 == 1 else "sparse"
 
 
+def coupling_form(kernels, p1, p2, l1, l2, max_degree, include_pseudotensors, cartesian_order):
+    """The FusedTensor as its coupling tensor when its strategy is "coupling", else None.
+
+    Returns:
+      ``(t [n1, n2, n3, F], support [nnz, 3] of (i, j, k), (P3, (L3+1)**2))``: the product is
+      ``z[k] = sum_{(i, j, k) in support} t[i, j, k] x1[i] x2[j]`` over flattened
+      ``(P, LM)`` rows; or None.
+    """
+    l3 = max(l1, l2) if max_degree is None else max_degree
+    pseudo = _effective_pseudotensors(p1, p2, l1, l2, l3, include_pseudotensors)
+    strategy = _CONTRACTION or _default_strategy(p1, p2, l1, l2, l3, pseudo, cartesian_order)
+    if strategy != "coupling":
+        return None
+    t = _coupling_tensor(kernels, p1, p2, l1, l2, l3, pseudo, cartesian_order)
+    support = np.argwhere(_coupling_support(p1, p2, l1, l2, l3, pseudo, cartesian_order))
+    return t, support, (2 if pseudo else 1, (l3 + 1) ** 2)
+
+
 def _fused_coupling(inputs1, inputs2, kernels, l3, pseudo, cartesian_order):
     r"""FusedTensor as its bilinear coupling tensor over the nonzero couplings only.
 

@@ -1,0 +1,261 @@
+r"""Message passing over a symmetric neighbour list in receiver-major rows, with a reverse-mode
+rule that uses the symmetry (the evaluation path of :class:`e3md.nn.MessagePass` with
+``symmetric=True``).
+
+Layout: ``adj_idx[N, M]`` lists the senders :math:`j` of receiver :math:`i` in row :math:`i`
+(padding slots carry weight 0). *Symmetric* means: the edge :math:`i \leftarrow j` is in the
+list iff :math:`j \leftarrow i` is, with the same weight and the reversed vector, so its basis
+rows are those of :math:`j \leftarrow i` times :math:`(-1)^\ell` (spherical harmonics:
+:math:`Y_{\ell m}(-\hat r) = (-1)^\ell Y_{\ell m}(\hat r)`). Full neighbour lists (jax-md's,
+vesin's with both directions) are symmetric; half lists are not.
+
+Why: the messages :math:`m_i = \sum_j w_{ij}\, T(f(b_{ij}), x_j)` gather the senders' features
+per edge, so reverse mode would scatter-add rows of :math:`P (L+1)^2 F` values back into the
+senders -- on CPU a loop over rows, most of the time of energy + forces (BENCHMARKS.md,
+"session 6"). With a symmetric list the cotangent of :math:`x_j` is a sum over atom
+:math:`j`'s own row,
+
+.. math::
+    \bar x_j = \sum_{i \in \mathcal N(j)} w_{ji}\,
+      \partial_{x} T\big(\sigma f(b_{ji}), x\big)^{\!\top} \bar m_i,
+    \qquad \sigma = (-1)^\ell \text{ on the filter rows},
+
+which gathers only the receivers' cotangents :math:`\bar m_i` and reduces over the row: no
+scatter. Everything runs over blocks of atoms (``lax.scan``), recomputing per block what the
+backward pass needs, so memory stays O(N + block). The rule is reverse-mode only
+(``jax.custom_vjp``); ``jax.jvp``/``jax.hessian`` need the edge-list path.
+
+Two implementations of the same rule: :func:`coupling_row_messages` for a factored basis and a
+FusedTensor evaluated as its coupling tensor (the last message pass of the e3md model: every
+step written out, minor-axis sums as products with a ones vector), and
+:func:`generic_row_messages` for any filter and product (built from ``jax.vjp`` of the
+per-block function).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["coupling_row_messages", "generic_row_messages"]
+
+
+def degree_signs(num_rows: int) -> np.ndarray:
+    """:math:`(-1)^\\ell` for the rows ``lm`` of a ``(L+1)**2`` axis."""
+    num_degrees = round(np.sqrt(num_rows))
+    return (-1.0) ** np.repeat(np.arange(num_degrees), 2 * np.arange(num_degrees) + 1)
+
+
+def _blocks(a, atoms_per_block: int, fill=0):
+    """``[N, ...]`` -> ``[blocks, atoms_per_block, ...]``, the last block padded with ``fill``."""
+    n = a.shape[0]
+    blocks = -(-n // atoms_per_block)
+    a = jnp.pad(
+        a, [(0, blocks * atoms_per_block - n)] + [(0, 0)] * (a.ndim - 1), constant_values=fill
+    )
+    return a.reshape(blocks, atoms_per_block, *a.shape[1:])
+
+
+def _unblock(a, n: int):
+    return a.reshape(-1, *a.shape[2:])[:n]
+
+
+def generic_row_messages(
+    params, inputs, basis, weights, adj_idx, *, filters, product, atoms_per_block
+):
+    r"""``m[N, P3, LM3, F]`` for any linear-per-degree ``filters`` and bilinear ``product``.
+
+    Args:
+      params: pytree the two functions take first (its cotangent is returned).
+      inputs: ``x[N, P, LM, F]``.
+      basis: pytree of per-slot arrays ``[N, M, ...]``.
+      weights: ``[N, M]``, zero on padding slots.
+      adj_idx: ``[N, M]`` senders (any index on padding slots).
+      filters: ``(params, basis_block) -> [B, M, 1, LMb, F]``, linear per degree (so that the
+        reversed edge's filter is the signed one).
+      product: ``(params, filters, x_j) -> [B, M, P3, LM3, F]``, bilinear.
+      atoms_per_block: receivers per block.
+    """
+    n = adj_idx.shape[0]
+
+    def edge_sum(p, b, w, g):
+        return jnp.sum(product(p, filters(p, b), g) * w[..., None, None, None], axis=1)
+
+    def blocked(tree, fill=0):
+        return jax.tree.map(lambda a: _blocks(a, atoms_per_block, fill), tree)
+
+    def forward(p, x, b, w, adj):
+        def step(_, blk):
+            b, w, a = blk
+            return None, edge_sum(p, b, w, jnp.take(x, a, axis=0, mode="clip"))
+
+        _, out = jax.lax.scan(step, None, (blocked(b), blocked(w), blocked(adj)))
+        return _unblock(out, n)
+
+    @jax.custom_vjp
+    def messages(p, x, b, w, adj):
+        return forward(p, x, b, w, adj)
+
+    def fwd(p, x, b, w, adj):
+        return forward(p, x, b, w, adj), (p, x, b, w, adj)
+
+    def bwd(res, gout):
+        p, x, b, w, adj = res
+
+        def step(dp, blk):
+            b, w, a, g_i = blk
+            g = jnp.take(x, a, axis=0, mode="clip")
+            _, pull = jax.vjp(lambda p, b, w: edge_sum(p, b, w, g), p, b, w)
+            dp_block, db, dw = pull(g_i)
+            f = filters(p, b)
+            f = f * jnp.asarray(degree_signs(f.shape[-2]), f.dtype)[:, None]
+            g_j = jnp.take(gout, a, axis=0, mode="clip") * w[..., None, None, None]
+            _, pull_x = jax.vjp(lambda g: product(p, f, g), jnp.zeros_like(g))
+            (dg,) = pull_x(g_j)
+            return jax.tree.map(jnp.add, dp, dp_block), (jnp.sum(dg, axis=1), db, dw)
+
+        xs = (blocked(b), blocked(w), blocked(adj), blocked(gout))
+        dp, (dx, db, dw) = jax.lax.scan(step, jax.tree.map(jnp.zeros_like, p), xs)
+        db = jax.tree.map(lambda a: _unblock(a, n), db)
+        return dp, _unblock(dx, n), db, _unblock(dw, n), None
+
+    messages.defvjp(fwd, bwd)
+    return messages(params, inputs, basis, weights, adj_idx)
+
+
+def _terms(support, t, ops, free: int, size: int):
+    r"""Contractions of the coupling tensor over its support with one index left free.
+
+    ``support`` lists ``(i, j, k)``; ``ops`` are three lists of ``[..., F]`` slices (one of
+    them ``None``, at position ``free``). Returns ``size`` slices ``r[q] = sum over entries with
+    index q at position free of t[i, j, k] * (product of the other two slices)`` (``None``
+    where no entry has that index).
+    """
+    out = [None] * size
+    for i, j, k in support:
+        idx = (i, j, k)
+        a, b = (ops[p][idx[p]] for p in range(3) if p != free)
+        term = t[i, j, k] * a * b
+        q = idx[free]
+        out[q] = term if out[q] is None else out[q] + term
+    return out
+
+
+def coupling_row_messages(
+    wk, t, support, inputs, radial, angular, weights, adj_idx, *, atoms_per_block, precision=None
+):
+    r"""``m[N, P3*LM3, F]`` for a factored basis and a product given by its coupling tensor.
+
+    The filter of edge ``e`` is ``f[e, i] = (radial[e] @ wk[l(i)]) * angular[e, i]`` and the
+    message ``sum_{(i, j, k)} t[i, j, k] f[e, i] x_j[j]`` into output row ``k``.
+
+    Args:
+      wk: per-degree filter weights ``[Lb+1, K, F]``.
+      t: coupling tensor ``[n1, n2, n3, F]`` (``n1 = (Lb+1)**2`` filter rows, ``n2 = P*LM``
+        input rows, ``n3`` output rows); only ``support`` is read.
+      support: the nonzero ``(i, j, k)`` (static).
+      inputs: ``x[N, n2, F]``.
+      radial: ``[N, M, K]``; angular: ``[N, M, n1]``; weights: ``[N, M]`` (0 on padding).
+      adj_idx: ``[N, M]``.
+      atoms_per_block: receivers per block.
+      precision: of the filter contraction.
+    """
+    n = adj_idx.shape[0]
+    n1, n2, n3 = t.shape[:3]
+    degree = np.repeat(np.arange(wk.shape[0]), 2 * np.arange(wk.shape[0]) + 1)
+    sign = [float(v) for v in degree_signs(n1)]  # Python floats: keep the inputs' dtype
+    support = tuple(tuple(int(v) for v in e) for e in support)
+    features = t.shape[-1]
+
+    def blocked(a, fill=0):
+        return _blocks(a, atoms_per_block, fill)
+
+    def slices(a, axis=-2):
+        return [jax.lax.index_in_dim(a, q, axis, keepdims=False) for q in range(a.shape[axis])]
+
+    def radial_filter(wk, rad):
+        return jnp.einsum("bmk,lkf->bmlf", rad, wk, precision=precision)  # [B, M, Lb+1, F]
+
+    def edge_messages(t, r, y, g):
+        """Unweighted messages of a block's edges, as n3 slices [B, M, F]."""
+        f = [r[..., degree[i], :] * y[..., i, None] for i in range(n1)]
+        return _terms(support, t, (f, slices(g), None), 2, n3), f
+
+    def zeros_like_slice(g):
+        return jnp.zeros(g.shape[:-2] + g.shape[-1:], g.dtype)
+
+    def forward(wk, t, x, rad, y, w, adj):
+        def step(_, blk):
+            rad, y, w, a = blk
+            g = jnp.take(x, a, axis=0, mode="clip")
+            out, _ = edge_messages(t, radial_filter(wk, rad), y, g)
+            out = [zeros_like_slice(g) if o is None else o for o in out]
+            return None, jnp.sum(jnp.stack(out, axis=-2) * w[..., None, None], axis=1)
+
+        xs = (blocked(rad), blocked(y), blocked(w), blocked(adj))
+        _, out = jax.lax.scan(step, None, xs)
+        return _unblock(out, n)
+
+    @jax.custom_vjp
+    def messages(wk, t, x, rad, y, w, adj):
+        return forward(wk, t, x, rad, y, w, adj)
+
+    def fwd(wk, t, x, rad, y, w, adj):
+        return forward(wk, t, x, rad, y, w, adj), (wk, t, x, rad, y, w, adj)
+
+    def bwd(res, gout):
+        wk, t, x, rad, y, w, adj = res
+        ones = jnp.ones((features, 1), x.dtype)
+        entries = np.asarray(support).reshape(-1, 3)
+
+        def step(carry, blk):
+            dwk, dt = carry
+            rad, y, w, a, g_i = blk
+            g = jnp.take(x, a, axis=0, mode="clip")
+            r = radial_filter(wk, rad)
+            f = [r[..., degree[i], :] * y[..., i, None] for i in range(n1)]
+            gs = slices(g)
+            # this block's own edges i <- j: cotangent c[k] = w * gout_i[k]
+            c = [g_i[:, None, k, :] * w[..., None] for k in range(n3)]
+            df = _terms(support, t, (None, gs, c), 0, n1)
+            df = [jnp.zeros_like(f[0]) if d is None else d for d in df]
+            dy = jnp.matmul(jnp.stack([df[i] * r[..., degree[i], :] for i in range(n1)], -2), ones)
+            dr = jnp.stack(
+                [
+                    sum(df[i] * y[..., i, None] for i in range(n1) if degree[i] == l)
+                    for l in range(wk.shape[0])
+                ],
+                axis=-2,
+            )
+            drad = jnp.einsum("bmlf,lkf->bmk", dr, wk, precision=precision)
+            dwk = dwk + jnp.einsum("bmk,bmlf->lkf", rad, dr, precision=precision)
+            per_entry = [f[i] * gs[j] * c[k] for i, j, k in support]
+            dt = dt + jnp.stack([jnp.sum(p, axis=(0, 1)) for p in per_entry])
+            dw_terms = [t[i, j, k] * f[i] * gs[j] * g_i[:, None, k, :] for i, j, k in support]
+            dw = jnp.matmul(sum(dw_terms)[..., None, :], ones)[..., 0, 0]
+            # the block's atoms as senders: their rows' reversed edges, filters times sign
+            g_j = jnp.take(gout, a, axis=0, mode="clip") * w[..., None, None]
+            c_rev = slices(g_j)
+            f_rev = [f[i] * sign[i] for i in range(n1)]
+            dg = _terms(support, t, (f_rev, None, c_rev), 1, n2)
+            dx = jnp.stack(
+                [
+                    jnp.zeros(g.shape[:1] + g.shape[-1:], g.dtype)
+                    if d is None
+                    else jnp.sum(d, axis=1)
+                    for d in dg
+                ],
+                axis=-2,
+            )
+            return (dwk, dt), (dx, drad, dy[..., 0], dw)
+
+        xs = (blocked(rad), blocked(y), blocked(w), blocked(adj), blocked(gout))
+        init = (jnp.zeros_like(wk), jnp.zeros((len(support), features), t.dtype))
+        (dwk, dt_entries), (dx, drad, dy, dw) = jax.lax.scan(step, init, xs)
+        dt = jnp.zeros_like(t).at[entries[:, 0], entries[:, 1], entries[:, 2]].set(dt_entries)
+        cut = functools.partial(_unblock, n=n)
+        return dwk, dt, cut(dx), cut(drad), cut(dy), cut(dw), None
+
+    messages.defvjp(fwd, bwd)
+    return messages(wk, t, inputs, radial, angular, weights, adj_idx)
