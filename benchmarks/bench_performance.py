@@ -1,10 +1,10 @@
 """Issue 9: energy+forces throughput of the e3md potential vs equal-size peers (one run).
 
 Contenders, all on the SAME periodic water box and the SAME jax-md neighbour list (cutoff
-5 Å, no skin, ``capacity_multiplier`` 1.25): the peers share its ``Sparse`` format (so padded
-edges are shared as well), e3md uses its default, the ``Dense`` format of the same list (rows
-of ``M`` slots per atom, ``M`` = 1.25 x the largest neighbour count; its padding is counted
-in its time):
+5 Å, no skin): the peers share its ``Sparse`` format (``capacity_multiplier`` 1.25, jax-md's
+default, so padded edges are shared as well), e3md uses its defaults, the ``Dense`` format of
+the same list (rows of ``M`` slots per atom, ``M`` = 1.1 x the largest neighbour count, about
+as many slots as the Sparse list has edges; its padding is counted in its time):
 
 * ``e3md``: the e3md potential (``e3md.potentials``; ``energy_fn`` of
   :func:`e3md.potentials.energy.neighbor_list`, energy and ``jax.grad`` forces).
@@ -36,7 +36,9 @@ XLA options: e3md compiles with its own (``e3md.compiler``: on CPU the classic f
 as every e3md entry point does; the peers with XLA's defaults, as their users run them.
 ``--peers-with-e3md-options`` gives the peers e3md's options too, and the contender
 ``"e3md xla-defaults"`` is e3md compiled with XLA's defaults (how much of a ratio is the
-options). The header line prints the options used.
+options). The header line prints the options used. The contender ``"e3md sparse"`` is e3md on
+the shared Sparse list (the edge path, as in training and for forward-mode derivatives): how
+much of a ratio is the rows layout.
 
 A contender whose XLA memory estimate exceeds ``--mem-limit-gib`` (default: 90 % of the
 available RAM) is compiled and reported but not run ("does not fit").
@@ -50,6 +52,7 @@ Usage::
     python benchmarks/bench_performance.py --models e3md,nequip --atoms 1536 --sizes medium
     python benchmarks/bench_performance.py --peers-with-e3md-options
     python benchmarks/bench_performance.py --models "e3md,e3md xla-defaults" --large
+    python benchmarks/bench_performance.py --models "e3md,e3md sparse" --large
 """
 
 import argparse
@@ -70,10 +73,12 @@ from e3md.potentials.model import EDGE_CHUNK
 
 SIZES = {"small": (32, 1, 2, 8), "medium": (64, 2, 2, 8)}
 CUTOFF = 5.0  # Å
-CAPACITY = 1.25  # neighbour-list capacity multiplier (jax-md's default), every contender
+CAPACITY = 1.25  # capacity multiplier of the shared Sparse list (jax-md's default)
 MODELS = ("e3md", "e3x Fused", "e3x Tensor", "nequip")
 # also available: e3md compiled with XLA's default options instead of e3md's (A/B of the options)
 E3MD_XLA_DEFAULTS = "e3md xla-defaults"
+# and e3md on the shared Sparse list (edges) instead of its Dense rows (A/B of the layouts)
+E3MD_SPARSE = "e3md sparse"
 WATER_MOLECULE_VOLUME = 18.015 / (0.602214 * 0.997)  # Å^3 per molecule at 0.997 g/cm^3
 
 
@@ -239,8 +244,26 @@ def build_contenders(
     def with_grad(energy):
         return jax.value_and_grad(energy, argnums=1)
 
+    if E3MD_SPARSE in names:
+
+        def on_edges(chunk):
+            _, energy = e3md_neighbor_list(
+                config, e3md_params, displacement, side, z, edge_chunk=chunk, format="sparse"
+            )
+            return lambda p, R, nb: energy(R, nb, params=p)
+
+        e_sparse = on_edges(edge_chunk)
+        out[E3MD_SPARSE] = Contender(
+            E3MD_SPARSE,
+            with_grad(e_sparse),
+            e3md_params,
+            e_sparse,
+            flops_fn=with_grad(on_edges(None)),
+            compiler_options=compiler_options(),
+        )
+
     if "e3md" in names or E3MD_XLA_DEFAULTS in names:
-        nl = dict(dr_threshold=skin, capacity_multiplier=CAPACITY)
+        nl = dict(dr_threshold=skin)  # e3md's default capacity for its list format
         jax.clear_caches()  # jax-md 0.2.29 dislikes building two systems in one process otherwise
         neighbor_fn, energy_fn = e3md_neighbor_list(
             config, e3md_params, displacement, side, z, edge_chunk=edge_chunk, **nl
@@ -551,10 +574,12 @@ def run_cell(
     if "nequip" in times:
         for name in times:
             rows[name]["x_nequip"] = rows[name]["atom_steps"] / rows["nequip"]["atom_steps"]
-    if "e3md" in times and E3MD_XLA_DEFAULTS in times:
-        info["e3md_vs_xla_defaults"] = (
-            rows["e3md"]["atom_steps"] / rows[E3MD_XLA_DEFAULTS]["atom_steps"]
-        )
+    for other, key in (
+        (E3MD_XLA_DEFAULTS, "e3md_vs_xla_defaults"),
+        (E3MD_SPARSE, "e3md_vs_sparse"),
+    ):
+        if "e3md" in times and other in times:
+            info[key] = rows["e3md"]["atom_steps"] / rows[other]["atom_steps"]
     del system
     return info, rows
 
@@ -760,9 +785,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
     edge_chunk = None if args.edge_chunk.lower() == "none" else int(args.edge_chunk)
     names = [s.strip() for s in args.models.split(",") if s.strip()]
-    unknown = sorted(set(names) - set(MODELS) - {E3MD_XLA_DEFAULTS})
+    unknown = sorted(set(names) - set(MODELS) - {E3MD_XLA_DEFAULTS, E3MD_SPARSE})
     if unknown:
-        ap.error(f"unknown models {unknown}; choose from {MODELS + (E3MD_XLA_DEFAULTS,)}")
+        ap.error(
+            f"unknown models {unknown}; choose from {MODELS + (E3MD_XLA_DEFAULTS, E3MD_SPARSE)}"
+        )
     sizes = [s.strip() for s in args.sizes.split(",")]
     if args.atoms:
         atoms = [int(a) for a in args.atoms.split(",")]
@@ -840,6 +867,8 @@ def main(argv=None):
             note = "" if chk is None else f" (E rel diff e3md/e3x {chk:.1e})"
             if "e3md_vs_xla_defaults" in info:
                 note += f" (e3md / e3md with XLA defaults: {info['e3md_vs_xla_defaults']:.2f}x)"
+            if "e3md_vs_sparse" in info:
+                note += f" (e3md / e3md on the Sparse list: {info['e3md_vs_sparse']:.2f}x)"
             print(
                 f"| {info['atoms']} | {size} | {cells} | {info['edges']} ({info['real_edges']})"
                 f" | {info['ideal_gflop']:.2f} |{note}",

@@ -143,7 +143,7 @@ def neighbor_list(
     cutoff: float,
     *,
     dr_threshold: float = 0.5,
-    capacity_multiplier: float = 1.25,
+    capacity_multiplier: float | None = None,
     fractional_coordinates: bool = False,
     disable_cell_list: bool = False,
     periodic: bool | None = None,
@@ -163,7 +163,9 @@ def neighbor_list(
         cell list is disabled and all pairs are tested, O(N^2): fine for molecules).
       cutoff: model cutoff in Å.
       dr_threshold: skin in Å.
-      capacity_multiplier: spare neighbour capacity factor.
+      capacity_multiplier: spare neighbour capacity factor; default 1.1 for ``"dense"`` (every
+        slot of a row costs time, and overflows are caught and reallocated), 1.25 (jax-md's
+        default) for ``"sparse"``.
       fractional_coordinates: positions are fractional (``periodic_general`` default).
       disable_cell_list: test all pairs instead of using a cell list.
       periodic: whether ``displacement_fn`` is periodic; default ``box is not None``. Periodic
@@ -201,7 +203,9 @@ def neighbor_list(
         box,
         cutoff,  # jax-md adds dr_threshold itself
         dr_threshold=dr_threshold,
-        capacity_multiplier=capacity_multiplier,
+        capacity_multiplier=default_capacity(format)
+        if capacity_multiplier is None
+        else capacity_multiplier,
         disable_cell_list=disable_cell_list,
         fractional_coordinates=fractional_coordinates,
         format=formats[format],
@@ -218,6 +222,11 @@ def neighbor_list(
         return nbrs
 
     return partition.NeighborListFns(checked_allocate, fns.update)
+
+
+def default_capacity(format: str) -> float:
+    """Spare capacity factor of a list format when none is given (see :func:`neighbor_list`)."""
+    return 1.1 if format == "dense" else 1.25
 
 
 def check_overflow(nbrs) -> None:

@@ -101,10 +101,10 @@ def _potential_from_bytes(blob: bytes):
 
 
 def _capacity(neighbours: int, current: int) -> int:
-    """Slots per atom that only grow: 25 % headroom, rounded up to a multiple of 4."""
+    """Slots per atom that only grow: 10 % headroom, rounded up to a multiple of 4."""
     if neighbours <= current:
         return current
-    return max(8, int(np.ceil(1.25 * neighbours / 4.0)) * 4)
+    return max(8, int(np.ceil(1.1 * neighbours / 4.0)) * 4)
 
 
 # --------------------------------------------------------------------------------------------

@@ -150,7 +150,7 @@ def run_md(
     checkpoint_every: int | None = None,
     restart: str | Path | None = None,
     max_force: float = 100.0,
-    capacity_growth: float = 1.5,
+    capacity_growth: float | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> MDResult:
     r"""Run ``steps`` MD steps of one system (or ``replicas`` independent copies) in one call.
@@ -193,7 +193,8 @@ def run_md(
         step is always checkpointed).
       restart: checkpoint to continue from; the run then continues bit-identically.
       max_force: blow-up guard threshold on any atomic force norm, in eV/Å.
-      capacity_growth: factor by which the neighbour capacity grows on overflow.
+      capacity_growth: factor by which the neighbour capacity grows on overflow (default 1.1
+        for jax-md ``Dense`` lists, whose every slot costs time, 1.5 for ``Sparse`` lists).
       progress: called as ``progress(step, steps)`` after each chunk.
 
     Returns:
@@ -308,7 +309,8 @@ def run_md(
             if not over and template.max_occupancy >= need:
                 break
             if over:
-                need = max(need, int(math.ceil(template.max_occupancy * capacity_growth)) + 1)
+                growth = capacity_growth or _default_growth(template.format)
+                need = max(need, int(math.ceil(template.max_occupancy * growth)) + 1)
             per = n_atoms if partition.is_sparse(template.format) else 1
             extra = max(1, math.ceil((need - template.max_occupancy) / per))
             template = _hashable(
@@ -542,7 +544,8 @@ def run_md(
                 attempts += 1
                 if attempts > 20:
                     raise RuntimeError("neighbour list keeps overflowing after 20 reallocations")
-                target = int(math.ceil(saved_nbrs.max_occupancy * capacity_growth)) + 1
+                growth = capacity_growth or _default_growth(saved_nbrs.format)
+                target = int(math.ceil(saved_nbrs.max_occupancy * growth)) + 1
                 alloc_box_now = integ.box_fn(saved_state) if npt else None
                 saved_nbrs = allocate(saved_state.position, alloc_box_now, at_least=target)
                 reallocations += 1
@@ -718,6 +721,10 @@ def _blow_up(message, last_good, report, write_checkpoint, alloc_box):
         step,
         state,
     )
+
+
+def _default_growth(fmt) -> float:
+    return 1.5 if _format_name(fmt) == "sparse" else 1.1
 
 
 def _format_name(fmt) -> str:

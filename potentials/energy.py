@@ -45,7 +45,7 @@ def neighbor_list(
     *,
     per_atom: bool = False,
     dr_threshold: float = 0.5,
-    capacity_multiplier: float = 1.25,
+    capacity_multiplier: float | None = None,
     fractional_coordinates: bool = False,
     disable_cell_list: bool = False,
     periodic: bool | None = None,
@@ -64,7 +64,8 @@ def neighbor_list(
       species: atomic numbers ``[N]`` (host array; unknown elements raise here).
       per_atom: if True, ``energy_fn`` returns per-atom energies ``[N]`` instead of the sum.
       dr_threshold: neighbour-list skin in Å.
-      capacity_multiplier: spare neighbour capacity.
+      capacity_multiplier: spare neighbour capacity (default: 1.1 for ``"dense"``, 1.25 for
+        ``"sparse"``; :func:`e3md.neighbors.neighbor_list`).
       fractional_coordinates: must match the ``displacement_fn``.
       disable_cell_list: test all pairs (O(N^2)).
       periodic: see :func:`e3md.neighbors.neighbor_list` (default ``box is not None``).
