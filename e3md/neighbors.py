@@ -203,7 +203,7 @@ def neighbor_list(
         box,
         cutoff,  # jax-md adds dr_threshold itself
         dr_threshold=dr_threshold,
-        capacity_multiplier=default_capacity(format)
+        capacity_multiplier=_default_capacity(format)
         if capacity_multiplier is None
         else capacity_multiplier,
         disable_cell_list=disable_cell_list,
@@ -224,7 +224,7 @@ def neighbor_list(
     return partition.NeighborListFns(checked_allocate, fns.update)
 
 
-def default_capacity(format: str) -> float:
+def _default_capacity(format: str) -> float:
     """Spare capacity factor of a list format when none is given (see :func:`neighbor_list`)."""
     return 1.1 if format == "dense" else 1.25
 
