@@ -46,6 +46,9 @@ Evaluation (the same function, cheaper): the first iteration's inputs are the sp
 embedding, so its messages are formed per (receiver, sender species) from the summed basis
 (``MessagePass(input_index=...)``), and message passing runs over blocks of ``edge_chunk``
 edges so that no edge-sized feature tensor is stored (``atomic_energies``; BENCHMARKS.md).
+Given the edges as rows of a full neighbour list (``symmetric_rows``), the later message
+passes differentiate through sums over each atom's own row instead of scatters
+(``MessagePass(symmetric=True)``, :mod:`e3md.nn.rows`).
 
 Padding rules: edges with ``edge_mask = False`` or whose endpoints are padded atoms and atoms with
 ``atom_mask = False`` contribute exactly zero (the mask multiplies the gathered sender features,
