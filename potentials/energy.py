@@ -75,7 +75,7 @@ def neighbor_list(
         ``benchmarks/bench_performance.py --edge-chunk``).
       format: neighbour-list format (:func:`e3md.neighbors.neighbor_list`): ``"dense"``
         (default; rows of a symmetric list, evaluated with ``atomic_energies(...,
-        symmetric_rows=M)``: 1.3-1.5x faster energy + forces on CPU, reverse-mode
+        symmetric_rows=M)``: 1.3-1.7x faster energy + forces on CPU, reverse-mode
         derivatives only) or ``"sparse"`` (also ``jax.jvp``/``jax.hessian`` of the energy).
       **nl_kwargs: forwarded to ``jax_md.partition.neighbor_list``.
 

@@ -343,7 +343,7 @@ def atomic_energies(
         :math:`\mathbf r_{ji} = -\mathbf r_{ij}`), as jax-md's ``Dense`` lists and full host
         lists are. The same function; the message passes after the first then run with
         ``MessagePass(symmetric=True)``, whose reverse-mode rule needs no scatter (energy +
-        forces 1.3-1.5x faster on CPU, BENCHMARKS.md), but which supports reverse-mode
+        forces 1.3-1.7x faster on CPU, BENCHMARKS.md), but which supports reverse-mode
         differentiation only (not ``jax.jvp``/``jax.hessian``: use ``None`` for those).
 
     Returns:

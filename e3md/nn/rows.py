@@ -27,7 +27,8 @@ backward pass needs, so memory stays O(N + block). The rule is reverse-mode only
 
 Two implementations of the same rule: :func:`coupling_row_messages` for a factored basis and a
 FusedTensor evaluated as its coupling tensor (the last message pass of the e3md model: every
-step written out, minor-axis sums as products with a ones vector), and
+step written out, vectorised over the nonzero couplings, minor-axis sums as products with a
+ones vector), and
 :func:`generic_row_messages` for any filter and product (built from ``jax.vjp`` of the
 per-block function).
 """
@@ -124,24 +125,6 @@ def generic_row_messages(
     return messages(params, inputs, basis, weights, adj_idx)
 
 
-def _terms(support, t, ops, free: int, size: int):
-    r"""Contractions of the coupling tensor over its support with one index left free.
-
-    ``support`` lists ``(i, j, k)``; ``ops`` are three lists of ``[..., F]`` slices (one of
-    them ``None``, at position ``free``). Returns ``size`` slices ``r[q] = sum over entries with
-    index q at position free of t[i, j, k] * (product of the other two slices)`` (``None``
-    where no entry has that index).
-    """
-    out = [None] * size
-    for i, j, k in support:
-        idx = (i, j, k)
-        a, b = (ops[p][idx[p]] for p in range(3) if p != free)
-        term = t[i, j, k] * a * b
-        q = idx[free]
-        out[q] = term if out[q] is None else out[q] + term
-    return out
-
-
 def coupling_row_messages(
     wk, t, support, inputs, radial, angular, weights, adj_idx, *, atoms_per_block, precision=None
 ):
@@ -164,31 +147,41 @@ def coupling_row_messages(
     n = adj_idx.shape[0]
     n1, n2, n3 = t.shape[:3]
     degree = np.repeat(np.arange(wk.shape[0]), 2 * np.arange(wk.shape[0]) + 1)
-    sign = [float(v) for v in degree_signs(n1)]  # Python floats: keep the inputs' dtype
-    support = tuple(tuple(int(v) for v in e) for e in support)
     features = t.shape[-1]
 
     def blocked(a, fill=0):
         return _blocks(a, atoms_per_block, fill)
 
-    def slices(a, axis=-2):
-        return [jax.lax.index_in_dim(a, q, axis, keepdims=False) for q in range(a.shape[axis])]
+    # the nonzero couplings (i, j, k) as index arrays over the entries e
+    i_, j_, k_ = np.asarray(support, dtype=np.int64).reshape(-1, 3).T
+    sign_ = degree_signs(n1)[i_, None]
+
+    def te_(t):
+        return t[i_, j_, k_]  # [nnz, F]
 
     def filters(wk, rad, y):
-        """The radial part per degree [B, M, Lb+1, F] and the n1 filter rows [B, M, F]."""
+        """The radial part per degree ``[B, M, Lb+1, F]`` and the filter rows of the entries
+        ``[B, M, nnz, F]``."""
         r = jnp.einsum("bmk,lkf->bmlf", rad, wk, precision=precision)
-        return r, [r[..., degree[i], :] * y[..., i, None] for i in range(n1)]
+        return r, r[..., degree[i_], :] * y[..., i_, None]
 
-    def stack(parts, like):
-        """Slices (None: no coupling reaches that row, zero) stacked on axis -2."""
-        return jnp.stack([jnp.zeros_like(like) if q is None else q for q in parts], axis=-2)
+    def onto(terms, index, size):
+        """Sum ``terms[..., e, F]`` over the entries ``e`` onto rows ``index[e]`` of ``size``."""
+        if size == 1:
+            return jnp.sum(terms, axis=-2, keepdims=True)
+        if np.array_equal(index, np.arange(size)):  # one entry per row, in order
+            return terms
+        if np.array_equal(np.sort(index), np.arange(size)):  # a permutation: reorder
+            return jnp.take(terms, np.argsort(index), axis=-2)
+        onehot = (index[:, None] == np.arange(size)[None]).astype(terms.dtype)
+        return jnp.einsum("...ef,eq->...qf", terms, jnp.asarray(onehot))
 
     def forward(wk, t, x, rad, y, w, adj):
         def step(_, blk):
             rad, y, w, a = blk
-            _, f = filters(wk, rad, y)
-            g = slices(jnp.take(x, a, axis=0, mode="clip"))
-            out = stack(_terms(support, t, (f, g, None), 2, n3), f[0])
+            _, fe = filters(wk, rad, y)
+            ge = jnp.take(x, a, axis=0, mode="clip")[..., j_, :]
+            out = onto(te_(t) * fe * ge, k_, n3)
             return None, jnp.sum(out * w[..., None, None], axis=1)
 
         xs = (blocked(rad), blocked(y), blocked(w), blocked(adj))
@@ -205,44 +198,36 @@ def coupling_row_messages(
     def bwd(res, gout):
         wk, t, x, rad, y, w, adj = res
         ones = jnp.ones((features, 1), x.dtype)
-        entries = np.asarray(support).reshape(-1, 3)
 
         def step(carry, blk):
             dwk, dt = carry
             rad, y, w, a, g_i = blk
-            r, f = filters(wk, rad, y)
-            gs = slices(jnp.take(x, a, axis=0, mode="clip"))
+            r, fe = filters(wk, rad, y)  # fe: the filter rows of the entries, [B, M, nnz, F]
+            ge = jnp.take(x, a, axis=0, mode="clip")[..., j_, :]
             # this block's own edges i <- j: cotangent c[k] = w * gout_i[k]
-            c = [g_i[:, None, k, :] * w[..., None] for k in range(n3)]
-            df = _terms(support, t, (None, gs, c), 0, n1)
-            df = [jnp.zeros_like(f[0]) if d is None else d for d in df]
+            ce = (g_i[:, None] * w[..., None, None])[..., k_, :]
+            df = onto(te_(t) * ge * ce, i_, n1)  # d filter rows, [B, M, n1, F]
             # minor-axis sums as products with ones (XLA's CPU row reduction was 2x slower)
-            dy = jnp.matmul(jnp.stack([df[i] * r[..., degree[i], :] for i in range(n1)], -2), ones)
+            dy = jnp.matmul(df * r[..., degree, :], ones)[..., 0]
+            dfy = df * y[..., None]
             dr = jnp.stack(
-                [
-                    sum(df[i] * y[..., i, None] for i in range(n1) if degree[i] == l)
-                    for l in range(wk.shape[0])
-                ],
+                [jnp.sum(dfy[..., l * l : (l + 1) ** 2, :], axis=-2) for l in range(wk.shape[0])],
                 axis=-2,
             )
             drad = jnp.einsum("bmlf,lkf->bmk", dr, wk, precision=precision)
             dwk = dwk + jnp.einsum("bmk,bmlf->lkf", rad, dr, precision=precision)
-            per_entry = [f[i] * gs[j] * c[k] for i, j, k in support]
-            dt = dt + jnp.stack([jnp.sum(p, axis=(0, 1)) for p in per_entry])
-            dw_terms = [t[i, j, k] * f[i] * gs[j] * g_i[:, None, k, :] for i, j, k in support]
-            dw = jnp.matmul(sum(dw_terms)[..., None, :], ones)[..., 0, 0]
+            dt = dt + jnp.sum(fe * ge * ce, axis=(0, 1))
+            dw = jnp.matmul(jnp.sum(te_(t) * fe * ge * g_i[:, None, k_, :], axis=-2), ones)
             # the block's atoms as senders: their rows' reversed edges, filters times sign
-            g_j = jnp.take(gout, a, axis=0, mode="clip") * w[..., None, None]
-            c_rev = slices(g_j)
-            f_rev = [f[i] * sign[i] for i in range(n1)]
-            dg = _terms(support, t, (f_rev, None, c_rev), 1, n2)
-            dx = jnp.sum(stack(dg, f[0]), axis=1)  # the reduction over the row
-            return (dwk, dt), (dx, drad, dy[..., 0], dw)
+            g_j = (jnp.take(gout, a, axis=0, mode="clip") * w[..., None, None])[..., k_, :]
+            signed = te_(t) * jnp.asarray(sign_, t.dtype)
+            dg = jnp.sum(signed * fe * g_j, axis=1)  # the reduction over the row
+            return (dwk, dt), (onto(dg, j_, n2), drad, dy, dw[..., 0])
 
         xs = (blocked(rad), blocked(y), blocked(w), blocked(adj), blocked(gout))
-        init = (jnp.zeros_like(wk), jnp.zeros((len(support), features), t.dtype))
+        init = (jnp.zeros_like(wk), jnp.zeros((i_.size, features), t.dtype))
         (dwk, dt_entries), (dx, drad, dy, dw) = jax.lax.scan(step, init, xs)
-        dt = jnp.zeros_like(t).at[entries[:, 0], entries[:, 1], entries[:, 2]].set(dt_entries)
+        dt = jnp.zeros_like(t).at[i_, j_, k_].set(dt_entries)
         cut = functools.partial(_unblock, n=n)
         return dwk, dt, cut(dx), cut(drad), cut(dy), cut(dw), None
 
