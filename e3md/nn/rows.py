@@ -39,13 +39,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from e3md.nn.tensor import _degrees
+
 __all__ = ["coupling_row_messages", "generic_row_messages"]
 
 
 def degree_signs(num_rows: int) -> np.ndarray:
     """:math:`(-1)^\\ell` for the rows ``lm`` of a ``(L+1)**2`` axis."""
-    num_degrees = round(np.sqrt(num_rows))
-    return (-1.0) ** np.repeat(np.arange(num_degrees), 2 * np.arange(num_degrees) + 1)
+    return (-1.0) ** _degrees(round(np.sqrt(num_rows)) - 1)
 
 
 def _blocks(a, atoms_per_block: int, fill=0):
@@ -146,7 +147,7 @@ def coupling_row_messages(
     """
     n = adj_idx.shape[0]
     n1, n2, n3 = t.shape[:3]
-    degree = np.repeat(np.arange(wk.shape[0]), 2 * np.arange(wk.shape[0]) + 1)
+    degree = _degrees(wk.shape[0] - 1)
     features = t.shape[-1]
 
     def blocked(a, fill=0):
