@@ -301,3 +301,34 @@ def test_fused_tensor_kernels_have_param_dtype(param_dtype):
     layer = FusedTensor(max_degree=2, include_pseudotensors=False, param_dtype=param_dtype)
     params = layer.init(jax.random.PRNGKey(0), x, x)["params"]
     assert {str(v.dtype) for v in params.values()} == {jnp.dtype(param_dtype).name}
+
+
+@pytest.mark.parametrize("strategy", [None, "unrolled", "sparse", "dense"])
+def test_fused_tensor_backward_has_no_scatter(rng, monkeypatch, strategy):
+    """Selecting rows by parity must transpose into slices, not a scatter-add: XLA's CPU
+    backend runs a scatter as a loop over rows (the degree-2 self-product's backward used to
+    spend most of its time in such loops)."""
+    import e3md.nn.tensor as tensor_module
+
+    monkeypatch.setattr(tensor_module, "_CONTRACTION", strategy)
+    x = _features(rng, 1, 2)
+    m = FusedTensor(include_pseudotensors=False)
+    params = m.init(jax.random.PRNGKey(0), x, x)
+    grad = jax.grad(lambda x, y: jnp.sum(jnp.sin(m.apply(params, x, y))), argnums=(0, 1))
+    hlo = jax.jit(grad).lower(x, 2 * x).as_text()
+    assert "scatter" not in hlo
+
+
+def test_take_rows_is_take():
+    from e3md.nn.tensor import _take_rows
+
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 9, 4)))
+    for idx in ([0, 4, 5, 6, 7, 8], [1, 2, 3], [0, 6, 7, 8, 1, 2, 3, 4, 5], [8, 0], [3]):
+        idx = np.asarray(idx)
+        ct = jnp.cos(jnp.take(x, idx, axis=1))
+        (ours,) = jax.vjp(lambda x, idx=idx: _take_rows(x, idx, -2), x)[1](ct)
+        (ref,) = jax.vjp(lambda x, idx=idx: jnp.take(x, idx, axis=1), x)[1](ct)
+        np.testing.assert_array_equal(_take_rows(x, idx, -2), jnp.take(x, idx, axis=1))
+        np.testing.assert_array_equal(ours, ref)
+    with pytest.raises(ValueError, match="distinct"):
+        _take_rows(x, np.asarray([1, 1]), 1)

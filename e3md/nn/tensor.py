@@ -159,9 +159,30 @@ def _split(x, w_even, w_odd, num_parity, max_degree):
         if idx.size == 0:
             out.append(None)
             continue
-        sl = x if idx.size == n else jnp.take(x, idx, axis=-2, indices_are_sorted=True, mode="clip")
+        sl = x if idx.size == n else _take_rows(x, idx, axis=-2)
         out.append((sl, w[_degrees(max_degree)[idx]], idx))
     return tuple(out)
+
+
+def _take_rows(x, idx: np.ndarray, axis: int):
+    """``jnp.take(x, idx, axis)`` for static, distinct ``idx``, as one ``lax.split`` of ``x``
+    into contiguous pieces and one ``concatenate`` of the selected ones.
+
+    The two are each other's transpose, so reverse mode stays a split and a concatenate; the
+    transpose of a gather is a scatter-add, which XLA's CPU backend runs as a loop over rows
+    (the backward of the degree-2 self-product spent most of its time in such loops).
+    """
+    axis = axis % x.ndim
+    idx = np.asarray(idx)
+    if np.unique(idx).size != idx.size:
+        raise ValueError(f"_take_rows needs distinct indices, received {idx.tolist()}")
+    # runs of consecutive indices; cut x at every run's start and end
+    breaks = np.nonzero(np.diff(idx) != 1)[0] + 1
+    runs = [(int(r[0]), int(r[-1]) + 1) for r in np.split(idx, breaks)]
+    cuts = sorted({0, x.shape[axis], *(c for run in runs for c in run)})
+    pieces = jax.lax.split(x, np.diff(cuts).tolist(), axis=axis)
+    at = {c: k for k, c in enumerate(cuts)}
+    return jnp.concatenate([p for a, b in runs for p in pieces[at[a] : at[b]]], axis=axis)
 
 
 def _sparse_linear_map(vals, matrix: np.ndarray, axis_in: int):
@@ -623,7 +644,7 @@ def _fused_tensor_jit(
     order = np.argsort(np.concatenate([even_idx, odd_idx]), kind="stable")
     merged = jnp.concatenate([even, odd], axis=-2)
     if not np.array_equal(order, np.arange(n3)):
-        merged = jnp.take(merged, order, axis=-2, mode="clip")
+        merged = _take_rows(merged, order, axis=-2)
     return merged[..., None, :, :]
 
 
