@@ -73,16 +73,8 @@ def _sum_over_edge_blocks(block, edge_arrays, fills, edge_chunk):
     runs under ``jax.checkpoint``: the backward pass recomputes a block instead of storing its
     intermediates, so only the accumulated result and the inputs are kept.
     """
-    num_edges = jax.tree.leaves(edge_arrays)[0].shape[0]
-    blocks = -(-num_edges // edge_chunk)
-    pad = blocks * edge_chunk - num_edges
-
-    def blocked(a, fill):
-        a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1), constant_values=fill)
-        return a.reshape(blocks, edge_chunk, *a.shape[1:])
-
     xs = tuple(
-        jax.tree.map(functools.partial(blocked, fill=fill), a)
+        jax.tree.map(lambda a, fill=fill: rows.blocks(a, edge_chunk, fill), a)
         for a, fill in zip(edge_arrays, fills, strict=True)
     )
     block = jax.checkpoint(block, prevent_cse=False)

@@ -49,14 +49,13 @@ def degree_signs(num_rows: int) -> np.ndarray:
     return (-1.0) ** _degrees(round(np.sqrt(num_rows)) - 1)
 
 
-def _blocks(a, atoms_per_block: int, fill=0):
-    """``[N, ...]`` -> ``[blocks, atoms_per_block, ...]``, the last block padded with ``fill``."""
+def blocks(a, size: int, fill=0):
+    """``[N, ...]`` -> ``[ceil(N / size), size, ...]``, the last block padded with ``fill``
+    (the blocks of a ``lax.scan`` over edges or atoms)."""
     n = a.shape[0]
-    blocks = -(-n // atoms_per_block)
-    a = jnp.pad(
-        a, [(0, blocks * atoms_per_block - n)] + [(0, 0)] * (a.ndim - 1), constant_values=fill
-    )
-    return a.reshape(blocks, atoms_per_block, *a.shape[1:])
+    count = -(-n // size)
+    a = jnp.pad(a, [(0, count * size - n)] + [(0, 0)] * (a.ndim - 1), constant_values=fill)
+    return a.reshape(count, size, *a.shape[1:])
 
 
 def _unblock(a, n: int):
@@ -85,7 +84,7 @@ def generic_row_messages(
         return jnp.sum(product(p, filters(p, b), g) * w[..., None, None, None], axis=1)
 
     def blocked(tree, fill=0):
-        return jax.tree.map(lambda a: _blocks(a, atoms_per_block, fill), tree)
+        return jax.tree.map(lambda a: blocks(a, atoms_per_block, fill), tree)
 
     def forward(p, x, b, w, adj):
         def step(_, blk):
@@ -151,7 +150,7 @@ def coupling_row_messages(
     features = t.shape[-1]
 
     def blocked(a, fill=0):
-        return _blocks(a, atoms_per_block, fill)
+        return blocks(a, atoms_per_block, fill)
 
     # the nonzero couplings (i, j, k) as index arrays over the entries e
     i_, j_, k_ = np.asarray(support, dtype=np.int64).reshape(-1, 3).T
