@@ -1,4 +1,6 @@
-"""Safe norm and indexed gather/sum (e3md.nn.ops) against NumPy and e3x.ops."""
+"""Safe norm, indexed gather/sum and sin/cos (e3md.nn.ops) against NumPy and e3x.ops."""
+
+import re
 
 import e3x
 import jax
@@ -65,3 +67,40 @@ def test_indexed_ops_reject_bad_arguments():
         nn.indexed_sum(jnp.ones((1, 3, 2)), adj_idx=idx.reshape(1, 3))
     with pytest.raises(ValueError, match="same shape"):
         nn.ops._check_index_form(None, idx, idx[:2])
+
+
+def test_sin_cos_float32_accuracy_and_float64_passthrough():
+    # float32: polynomials after reduction by pi; compared with float64 NumPy at the same
+    # (float32) points, including multiples of pi/2 where the reduction switches branch
+    x = np.concatenate(
+        [np.linspace(-200.0, 200.0, 400_001), np.pi / 2 * np.arange(-100, 101), [2.0**13 * np.pi]]
+    ).astype(np.float32)
+    exact = x.astype(np.float64)
+    for fn, ref in ((nn.ops.sin, np.sin), (nn.ops.cos, np.cos)):
+        got = np.asarray(jax.jit(fn)(jnp.asarray(x)), np.float64)
+        assert np.abs(got - ref(exact)).max() < 2.5e-7, fn.__name__
+        # other dtypes are jnp's functions, bit for bit
+        x64 = jnp.asarray(exact[::97])
+        np.testing.assert_array_equal(fn(x64), getattr(jnp, fn.__name__)(x64))
+
+
+def test_sin_cos_derivatives_are_each_other():
+    x = jnp.linspace(-30.0, 30.0, 1001, dtype=jnp.float32)
+    sin, cos = nn.ops.sin, nn.ops.cos
+    np.testing.assert_array_equal(jax.vmap(jax.grad(sin))(x), cos(x))
+    np.testing.assert_array_equal(jax.vmap(jax.grad(cos))(x), -sin(x))
+    np.testing.assert_array_equal(jax.vmap(jax.grad(jax.grad(sin)))(x), -sin(x))
+    _, tangent = jax.jvp(sin, (x,), (jnp.full_like(x, 2.0),))
+    np.testing.assert_array_equal(tangent, 2.0 * cos(x))
+
+
+def test_bessel_basis_float32_has_no_scalar_sine_call():
+    # XLA's CPU backend runs its sine element by element through a library call; the Bessel
+    # basis and its gradient must use the vectorisable polynomial instead
+    r = jnp.linspace(0.0, 5.0, 64, dtype=jnp.float32)
+
+    def total(r):
+        return nn.bessel(r, num=8, limit=5.0).sum() + nn.cosine_cutoff(r, cutoff=5.0).sum()
+
+    hlo = jax.jit(jax.value_and_grad(total)).lower(r).as_text()
+    assert not re.search(r"stablehlo\.(sine|cosine)", hlo)

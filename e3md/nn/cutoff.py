@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from e3md.nn.ops import cos
+
 __all__ = ["cosine_cutoff", "polynomial_cutoff", "smooth_cutoff"]
 
 
@@ -71,7 +73,7 @@ def cosine_cutoff(x: Float[Array, "..."], cutoff: float = 1.0) -> Float[Array, "
     """
     _check_cutoff(cutoff)
     d = x / cutoff
-    return jnp.where(d < 1, 0.5 * jnp.cos(jnp.pi * d) + 0.5, 0)
+    return jnp.where(d < 1, 0.5 * cos(jnp.pi * d) + 0.5, 0)
 
 
 def polynomial_cutoff(

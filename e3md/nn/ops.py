@@ -1,4 +1,5 @@
-"""Gradient-safe array operations: vector norms and indexed (segment) gathers and sums.
+"""Gradient-safe array operations: vector norms, indexed (segment) gathers and sums, and a
+sine and cosine that XLA's CPU backend vectorises.
 
 The indexed operations understand the two neighbour-list layouts used throughout e3md (and e3x):
 
@@ -13,13 +14,16 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, Integer, Num, Shaped
 
 __all__ = [
+    "cos",
     "gather_src",
     "indexed_sum",
     "normalize_and_norm",
     "safe_norm",
+    "sin",
 ]
 
 
@@ -189,3 +193,73 @@ def indexed_sum(
         jax.ops.segment_sum, num_segments=num_segments, indices_are_sorted=indices_are_sorted
     )
     return _batched(seg, dst_idx.ndim - 1)(inputs, dst_idx)
+
+
+# float32 sine and cosine as polynomials: for jnp.sin / jnp.cos XLA's CPU backend calls a scalar
+# library function per element (~6 ns each, most of the Bessel basis' time in energy + forces;
+# BENCHMARKS.md, "session 8"), while these are a few multiply-adds it vectorises and fuses.
+# Reduction x = n pi + y, |y| <= pi/2, with pi split in three parts (Cody & Waite; the first two
+# have few enough bits that n * part is exact for |n| < 2**13); then near-minimax polynomials in
+# u = y^2 fitted in float64 on [0, (pi/2)^2] (relative error 4e-9 for sin(y)/y, absolute 2e-10
+# for cos(y)), evaluated by Horner's rule in float32.
+_PI_PARTS = (3.140625, 9.67502593994140625e-4, 1.509957990978376432e-7)
+_SIN_COEFFS = (
+    9.9999999573280496e-01,
+    -1.6666657991913172e-01,
+    8.3330510634328017e-03,
+    -1.9809075290602718e-04,
+    2.6052249147423545e-06,
+)
+_COS_COEFFS = (
+    9.9999999978065690e-01,
+    -4.9999999358472058e-01,
+    4.1666636258073202e-02,
+    -1.3888361400294091e-03,
+    2.4760161353470922e-05,
+    -2.6051495233270217e-07,
+)
+
+
+def _reduced(x):
+    """``(y, (-1)^n)`` with ``x = n pi + y``, ``|y| <= pi/2`` (float32)."""
+    n = jnp.round(x * np.float32(1 / np.pi))
+    y = x
+    for part in _PI_PARTS:
+        y = y - n * np.float32(part)
+    return y, 1 - 2 * (n.astype(jnp.int32) & 1).astype(x.dtype)
+
+
+def _horner(u, coeffs):
+    acc = jnp.asarray(coeffs[-1], u.dtype)
+    for c in coeffs[-2::-1]:
+        acc = acc * u + jnp.asarray(c, u.dtype)
+    return acc
+
+
+@jax.custom_jvp
+def sin(x: Float[Array, "..."]) -> Float[Array, "..."]:
+    r""":math:`\sin x`; in float32 a vectorisable polynomial, other dtypes ``jnp.sin``.
+
+    Float32: absolute error below 2.5e-7 for :math:`|x| \le 2^{13}\pi` (tested on
+    :math:`[-200, 200]`; ``jnp.sin``: 3e-8), growing slowly beyond. Derivative: :func:`cos`.
+    """
+    x = jnp.asarray(x)
+    if x.dtype != jnp.float32:
+        return jnp.sin(x)
+    y, sign = _reduced(x)
+    return sign * y * _horner(y * y, _SIN_COEFFS)
+
+
+@jax.custom_jvp
+def cos(x: Float[Array, "..."]) -> Float[Array, "..."]:
+    r""":math:`\cos x`; in float32 a vectorisable polynomial (as :func:`sin`), other dtypes
+    ``jnp.cos``. Derivative: ``-sin``."""
+    x = jnp.asarray(x)
+    if x.dtype != jnp.float32:
+        return jnp.cos(x)
+    y, sign = _reduced(x)
+    return sign * _horner(y * y, _COS_COEFFS)
+
+
+sin.defjvp(lambda primals, tangents: (sin(primals[0]), cos(primals[0]) * tangents[0]))
+cos.defjvp(lambda primals, tangents: (cos(primals[0]), -sin(primals[0]) * tangents[0]))

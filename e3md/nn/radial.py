@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from e3md.nn.ops import sin
+
 __all__ = [
     "bernstein",
     "bessel",
@@ -37,7 +39,7 @@ def _sin_over_x(a: Float[Array, "..."]) -> Float[Array, "..."]:
     a_safe = jnp.where(small, 1.0, a)
     a2 = a * a
     series = 1 - a2 / 6 * (1 - a2 / 20)  # error ~ a^6/5040 < 2e-16 for |a| < 1e-2
-    return jnp.where(small, series, jnp.sin(a_safe) / a_safe)
+    return jnp.where(small, series, sin(a_safe) / a_safe)
 
 
 def bessel(x: Float[Array, "..."], num: int, limit: float = 1.0) -> Float[Array, "... K"]:
@@ -70,6 +72,7 @@ def bessel(x: Float[Array, "..."], num: int, limit: float = 1.0) -> Float[Array,
     freq = np.pi * np.arange(1, num + 1) / limit  # (k+1) pi / r_c in 1/Å, a constant
     inside = x <= limit
     x_in = jnp.where(inside, x, 0)
+    freq = freq.astype(x.dtype)  # stay in x's precision when float64 is enabled
     values = math.sqrt(2.0 / limit) * freq * _sin_over_x(freq * x_in)
     return jnp.where(inside, values, 0).astype(x.dtype)
 
