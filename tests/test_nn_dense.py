@@ -106,3 +106,19 @@ def test_embed_padding_index_gives_zeros_and_rejects_floats(rng):
     # ValueError from Embed; TypeError (jaxtyping.TypeCheckError) under runtime type checking.
     with pytest.raises((ValueError, TypeError), match="integer|Integer"):
         layer.apply(params, jnp.asarray([0.0]))
+
+
+def test_parameters_of_another_shape_are_rejected(rng):
+    # e3md's layers check stored parameter shapes themselves (without flax's re-trace of the
+    # initialiser on every apply): the same protection against a mismatched configuration
+    x = jnp.asarray(rng.normal(size=(4, 1, 4, 8)))
+    params = nn.Dense(16).init(jax.random.PRNGKey(0), x)
+    with pytest.raises(ValueError, match="parameter 'kernel'.*shape \\(8, 16\\).*\\(8, 32\\)"):
+        nn.Dense(32).apply(params, x)
+    tensor = nn.FusedTensor(max_degree=1)
+    params = tensor.init(jax.random.PRNGKey(0), x, x)
+    with pytest.raises(ValueError, match="parameter 'kernel_e1'"):
+        tensor.apply(params, x[..., :4], x[..., :4])
+    table = nn.Embed(num_embeddings=3, features=8).init(jax.random.PRNGKey(0), jnp.arange(2))
+    with pytest.raises(ValueError, match="parameter 'embedding'"):
+        nn.Embed(num_embeddings=4, features=8).apply(table, jnp.arange(2))

@@ -19,6 +19,8 @@ import jax.numpy as jnp
 from flax.linen.dtypes import promote_dtype
 from jaxtyping import Array, Float, Integer
 
+from e3md.nn._flax import param
+
 __all__ = ["Dense", "Embed", "max_degree_of"]
 
 Dtype = Any
@@ -54,11 +56,11 @@ class _Linear(nn.Module):
 
     @nn.compact
     def __call__(self, x: Float[Array, "... F_in"]) -> Float[Array, "... F_out"]:
-        kernel = self.param(
-            "kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype
+        kernel = param(
+            self, "kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype
         )
         bias = (
-            self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            param(self, "bias", self.bias_init, (self.features,), self.param_dtype)
             if self.use_bias
             else None
         )
@@ -200,7 +202,8 @@ class Embed(nn.Module):
         """
         if not jnp.issubdtype(inputs.dtype, jnp.integer):
             raise ValueError(f"Embed needs integer inputs, received dtype {inputs.dtype}")
-        table = self.param(
+        table = param(
+            self,
             "embedding",
             self.embedding_init,
             (self.num_embeddings, 1, 1, self.features),

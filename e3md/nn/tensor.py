@@ -18,6 +18,7 @@ from flax.linen.dtypes import promote_dtype
 from jaxtyping import Array, Float
 
 from e3md import so3
+from e3md.nn import _flax
 
 Dtype = Any
 InitializerFn = Callable[..., Array]
@@ -731,7 +732,7 @@ class FusedTensor(nn.Module):
 
         def param(name, scale, mask, rows):
             init = self.kernel_init(scale, mask)
-            return self.param(name, init, (rows, features), self.param_dtype)
+            return _flax.param(self, name, init, (rows, features), self.param_dtype)
 
         kernels = {
             "kernel_e1": param("kernel_e1", var_in, mask_e1, l1 + 1),
@@ -881,7 +882,7 @@ class Tensor(nn.Module):
         p1, p2 = inputs1.shape[-3], inputs2.shape[-3]
         pseudo = _effective_pseudotensors(p1, p2, l1, l2, l3, self.include_pseudotensors)
         shape = (p1, l1 + 1, p2, l2 + 1, 2 if pseudo else 1, l3 + 1, inputs1.shape[-1])
-        kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
+        kernel = _flax.param(self, "kernel", self.kernel_init, shape, self.param_dtype)
         (kernel,) = promote_dtype(kernel, dtype=self.dtype)
         return tensor_apply(
             inputs1,
