@@ -240,8 +240,8 @@ def _horner(u, coeffs):
 def sin(x: Float[Array, "..."]) -> Float[Array, "..."]:
     r""":math:`\sin x`; in float32 a vectorisable polynomial, other dtypes ``jnp.sin``.
 
-    Float32: absolute error below 2.5e-7 for :math:`|x| \le 2^{13}\pi` (tested on
-    :math:`[-200, 200]`; ``jnp.sin``: 3e-8), growing slowly beyond. Derivative: :func:`cos`.
+    Float32: absolute error at most 1.5e-7 measured on :math:`[-10^5, 10^5]` (``jnp.sin``:
+    3.3e-8; the reduction is exact up to :math:`|x| = 2^{13}\pi`). Derivative: :func:`cos`.
     """
     x = jnp.asarray(x)
     if x.dtype != jnp.float32:
