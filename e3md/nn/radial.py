@@ -69,10 +69,10 @@ def bessel(x: Float[Array, "..."], num: int, limit: float = 1.0) -> Float[Array,
     """
     num = _check_num(num)
     x = jnp.expand_dims(x, -1)
-    freq = np.pi * np.arange(1, num + 1) / limit  # (k+1) pi / r_c in 1/Å, a constant
+    # (k+1) pi / r_c in 1/Å, a constant in x's dtype (float32 stays float32 under x64)
+    freq = (np.pi * np.arange(1, num + 1) / limit).astype(x.dtype)
     inside = x <= limit
     x_in = jnp.where(inside, x, 0)
-    freq = freq.astype(x.dtype)  # stay in x's precision when float64 is enabled
     values = math.sqrt(2.0 / limit) * freq * _sin_over_x(freq * x_in)
     return jnp.where(inside, values, 0).astype(x.dtype)
 
