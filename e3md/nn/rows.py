@@ -156,6 +156,16 @@ def coupling_row_messages(
     i_, j_, k_ = np.asarray(support, dtype=np.int64).reshape(-1, 3).T
     sign_ = degree_signs(n1)[i_, None]
 
+    def pick(a, index, axis=-2):
+        """``a[..., index, :]`` for the static ``index``, without a gather where it is the
+        identity or picks a size-1 axis (which then broadcasts): XLA keeps such gathers
+        (1-2 % of the model's time)."""
+        if a.shape[axis] == 1 and not index.any():
+            return a
+        if np.array_equal(index, np.arange(a.shape[axis])):
+            return a
+        return jnp.take(a, index, axis=axis)
+
     def te_(t):
         return t[i_, j_, k_]  # [nnz, F]
 
@@ -163,7 +173,7 @@ def coupling_row_messages(
         """The radial part per degree ``[B, M, Lb+1, F]`` and the filter rows of the entries
         ``[B, M, nnz, F]``."""
         r = jnp.einsum("bmk,lkf->bmlf", rad, wk, precision=precision)
-        return r, r[..., degree[i_], :] * y[..., i_, None]
+        return r, pick(r, degree[i_]) * pick(y, i_, -1)[..., None]
 
     def onto(terms, index, size):
         """Sum ``terms[..., e, F]`` over the entries ``e`` onto rows ``index[e]`` of ``size``."""
@@ -180,7 +190,7 @@ def coupling_row_messages(
         def step(_, blk):
             rad, y, w, a = blk
             _, fe = filters(wk, rad, y)
-            ge = jnp.take(x, a, axis=0, mode="clip")[..., j_, :]
+            ge = pick(jnp.take(x, a, axis=0, mode="clip"), j_)
             out = onto(te_(t) * fe * ge, k_, n3)
             return None, jnp.sum(out * w[..., None, None], axis=1)
 
@@ -203,9 +213,9 @@ def coupling_row_messages(
             dwk, dt = carry
             rad, y, w, a, g_i = blk
             r, fe = filters(wk, rad, y)  # fe: the filter rows of the entries, [B, M, nnz, F]
-            ge = jnp.take(x, a, axis=0, mode="clip")[..., j_, :]
+            ge = pick(jnp.take(x, a, axis=0, mode="clip"), j_)
             # this block's own edges i <- j: cotangent c[k] = w * gout_i[k]
-            ce = (g_i[:, None] * w[..., None, None])[..., k_, :]
+            ce = pick(g_i[:, None] * w[..., None, None], k_)
             df = onto(te_(t) * ge * ce, i_, n1)  # d filter rows, [B, M, n1, F]
             # minor-axis sums as products with ones (XLA's CPU row reduction was 2x slower)
             dy = jnp.matmul(df * r[..., degree, :], ones)[..., 0]
@@ -221,9 +231,9 @@ def coupling_row_messages(
                 dwk_l.append(jnp.einsum("bmk,bmf->kf", rad, dr, precision=precision))
             dwk = dwk + jnp.stack(dwk_l)
             dt = dt + jnp.sum(fe * ge * ce, axis=(0, 1))
-            dw = jnp.matmul(jnp.sum(te_(t) * fe * ge * g_i[:, None, k_, :], axis=-2), ones)
+            dw = jnp.matmul(jnp.sum(te_(t) * fe * ge * pick(g_i[:, None], k_), axis=-2), ones)
             # the block's atoms as senders: their rows' reversed edges, filters times sign
-            g_j = (jnp.take(gout, a, axis=0, mode="clip") * w[..., None, None])[..., k_, :]
+            g_j = pick(jnp.take(gout, a, axis=0, mode="clip") * w[..., None, None], k_)
             signed = te_(t) * jnp.asarray(sign_, t.dtype)
             dg = jnp.sum(signed * fe * g_j, axis=1)  # the reduction over the row
             return (dwk, dt), (onto(dg, j_, n2), drad, dy, dw[..., 0])
