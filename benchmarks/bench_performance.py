@@ -44,7 +44,8 @@ the shared Sparse list (the edge path, as in training and for forward-mode deriv
 much of a ratio is the rows layout.
 
 A contender whose XLA memory estimate exceeds ``--mem-limit-gib`` (default: 90 % of the
-available RAM) is compiled and reported but not run ("does not fit").
+device's free memory: the GPU's, or the available RAM on CPU) is compiled and reported but not
+run ("does not fit").
 
 Usage::
 
@@ -443,6 +444,11 @@ def _peak_rss_bytes() -> int:
 
 
 def _available_bytes() -> int:
+    """Free memory of the default device: its allocator's limit less what is in use where it
+    reports them (GPU), else the host's available memory (CPU)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
     with open("/proc/meminfo") as fh:
         for line in fh:
             if line.startswith("MemAvailable:"):
