@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from e3md.nn import cpu_kernels
 from e3md.nn.tensor import _degrees
 
 __all__ = ["coupling_row_messages", "generic_row_messages"]
@@ -166,9 +167,6 @@ def coupling_row_messages(
             return a
         return jnp.take(a, index, axis=axis)
 
-    def te_(t):
-        return t[i_, j_, k_]  # [nnz, F]
-
     def filters(wk, rad, y):
         """The radial part per degree ``[B, M, Lb+1, F]`` and the filter rows of the entries
         ``[B, M, nnz, F]``."""
@@ -186,37 +184,30 @@ def coupling_row_messages(
         onehot = (index[:, None] == np.arange(size)[None]).astype(terms.dtype)
         return jnp.einsum("...ef,eq->...qf", terms, jnp.asarray(onehot))
 
-    def forward(wk, t, x, rad, y, w, adj):
+    def forward(wk, te, x, rad, y, w, adj):
         def step(_, blk):
             rad, y, w, a = blk
             _, fe = filters(wk, rad, y)
             ge = pick(jnp.take(x, a, axis=0, mode="clip"), j_)
-            out = onto(te_(t) * fe * ge, k_, n3)
+            out = onto(te * fe * ge, k_, n3)
             return None, jnp.sum(out * w[..., None, None], axis=1)
 
         xs = (blocked(rad), blocked(y), blocked(w), blocked(adj))
         _, out = jax.lax.scan(step, None, xs)
         return _unblock(out, n)
 
-    @jax.custom_vjp
-    def messages(wk, t, x, rad, y, w, adj):
-        return forward(wk, t, x, rad, y, w, adj)
-
-    def fwd(wk, t, x, rad, y, w, adj):
-        return forward(wk, t, x, rad, y, w, adj), (wk, t, x, rad, y, w, adj)
-
-    def bwd(res, gout):
-        wk, t, x, rad, y, w, adj = res
+    def backward(res, gout):
+        wk, te, x, rad, y, w, adj = res
         ones = jnp.ones((features, 1), x.dtype)
 
         def step(carry, blk):
-            dwk, dt = carry
+            dwk, dte = carry
             rad, y, w, a, g_i = blk
             r, fe = filters(wk, rad, y)  # fe: the filter rows of the entries, [B, M, nnz, F]
             ge = pick(jnp.take(x, a, axis=0, mode="clip"), j_)
             # this block's own edges i <- j: cotangent c[k] = w * gout_i[k]
             ce = pick(g_i[:, None] * w[..., None, None], k_)
-            df = onto(te_(t) * ge * ce, i_, n1)  # d filter rows, [B, M, n1, F]
+            df = onto(te * ge * ce, i_, n1)  # d filter rows, [B, M, n1, F]
             # minor-axis sums as products with ones (XLA's CPU row reduction was 2x slower)
             dy = jnp.matmul(df * r[..., degree, :], ones)[..., 0]
             dfy = df * y[..., None]
@@ -230,20 +221,56 @@ def coupling_row_messages(
                 drad = drad + jnp.matmul(dr, wk[l].T, precision=precision)
                 dwk_l.append(jnp.einsum("bmk,bmf->kf", rad, dr, precision=precision))
             dwk = dwk + jnp.stack(dwk_l)
-            dt = dt + jnp.sum(fe * ge * ce, axis=(0, 1))
-            dw = jnp.matmul(jnp.sum(te_(t) * fe * ge * pick(g_i[:, None], k_), axis=-2), ones)
+            dte = dte + jnp.sum(fe * ge * ce, axis=(0, 1))
+            dw = jnp.matmul(jnp.sum(te * fe * ge * pick(g_i[:, None], k_), axis=-2), ones)
             # the block's atoms as senders: their rows' reversed edges, filters times sign
             g_j = pick(jnp.take(gout, a, axis=0, mode="clip") * w[..., None, None], k_)
-            signed = te_(t) * jnp.asarray(sign_, t.dtype)
+            signed = te * jnp.asarray(sign_, te.dtype)
             dg = jnp.sum(signed * fe * g_j, axis=1)  # the reduction over the row
-            return (dwk, dt), (onto(dg, j_, n2), drad, dy, dw[..., 0])
+            return (dwk, dte), (onto(dg, j_, n2), drad, dy, dw[..., 0])
 
         xs = (blocked(rad), blocked(y), blocked(w), blocked(adj), blocked(gout))
-        init = (jnp.zeros_like(wk), jnp.zeros((i_.size, features), t.dtype))
-        (dwk, dt_entries), (dx, drad, dy, dw) = jax.lax.scan(step, init, xs)
-        dt = jnp.zeros_like(t).at[i_, j_, k_].set(dt_entries)
+        init = (jnp.zeros_like(wk), jnp.zeros_like(te))
+        (dwk, dte), (dx, drad, dy, dw) = jax.lax.scan(step, init, xs)
         cut = functools.partial(_unblock, n=n)
-        return dwk, dt, cut(dx), cut(drad), cut(dy), cut(dw), None
+        return dwk, dte, cut(dx), cut(drad), cut(dy), cut(dw), None
 
-    messages.defvjp(fwd, bwd)
-    return messages(wk, t, inputs, radial, angular, weights, adj_idx)
+    kernel = cpu_kernels.rows_kernel(
+        features=features,
+        radial=wk.shape[1],
+        filter_degree=wk.shape[0] - 1,
+        n2=n2,
+        n3=n3,
+        support=np.stack([i_, j_, k_], axis=1),
+        dtype=inputs.dtype,
+    )
+    if kernel is None:
+        evaluate, derivatives = forward, backward
+    else:
+        # the compiled CPU kernels; their reverse mode is the XLA backward above, so that
+        # second derivatives (parameter gradients of forces) stay available
+        evaluate = kernel.forward
+
+        @jax.custom_vjp
+        def derivatives(res, gout):
+            dx, drad, dy = kernel.backward(*res, gout)
+            dwk, dte, dw = kernel.grad(*res, gout)  # removed by XLA where unused (MD)
+            return dwk, dte, dx, drad, dy, dw, None
+
+        derivatives.defvjp(
+            lambda res, gout: (derivatives(res, gout), (res, gout)),
+            lambda primals, ct: jax.vjp(backward, *primals)[1](ct),
+        )
+
+    @jax.custom_vjp
+    def messages(wk, te, x, rad, y, w, adj):
+        return evaluate(wk, te, x, rad, y, w, adj)
+
+    def fwd(*args):
+        # through messages itself, so that an outer derivative (second order) takes this rule
+        # too instead of differentiating the kernel call
+        return messages(*args), args
+
+    messages.defvjp(fwd, derivatives)
+    te = t[i_, j_, k_]  # [nnz, F]
+    return messages(wk, te, inputs, radial, angular, weights, adj_idx)

@@ -1,0 +1,248 @@
+"""Fused CPU kernels for the rows rule, built on first use and called through XLA's FFI.
+
+:func:`rows_kernel` returns the kernels of one configuration of
+:func:`e3md.nn.rows.coupling_row_messages` (the last message pass of the e3md model): forward,
+the input cotangents forces need, and the parameter cotangents. The C++ source
+(``rows_kernel.cc``) is compiled with the configuration's sizes and couplings as constants, by
+the system's C++ compiler (``$CXX``, else ``c++``/``g++``/``clang++``), for this machine's CPU
+(``-march=native``), into a cache folder (``$E3MD_KERNEL_CACHE``, else
+``~/.cache/e3md/kernels``) keyed by the source, the configuration, the compiler, jaxlib and the
+CPU; later processes load the cached library (a few ms). A build takes a few seconds, once per
+configuration and machine.
+
+Where no compiler works, or with ``E3MD_CPU_KERNELS=0``, inside :func:`xla_only`, or when JAX's
+default backend is not the CPU, :func:`rows_kernel` returns None and the XLA formulation runs
+instead (the same function; a warning says why once per process when a build failed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from importlib import resources
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["RowsKernel", "kernels_enabled", "rows_kernel", "xla_only"]
+
+_SOURCE = "rows_kernel.cc"
+_lock = threading.Lock()
+_loaded: dict[str, RowsKernel | None] = {}
+_warned: set[str] = set()
+_registered: dict[str, ctypes.CDLL] = {}
+_xla_only = threading.local()
+
+
+def kernels_enabled() -> bool:
+    """Whether e3md may use its compiled CPU kernels in what is traced now
+    (``E3MD_CPU_KERNELS`` not ``0``, not inside :func:`xla_only`, and JAX's default backend is
+    the CPU)."""
+    if getattr(_xla_only, "depth", 0):
+        return False
+    if os.environ.get("E3MD_CPU_KERNELS", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    return jax.default_backend() == "cpu"
+
+
+@contextlib.contextmanager
+def xla_only():
+    """Trace with the XLA formulation instead of the CPU kernels (the same function): for
+    comparisons, XLA's FLOP count, or forward-mode derivatives.
+
+    The choice is made when a function is traced, so wrap the call that traces (the first call
+    of a jitted function, or ``jax.jit(...).lower``)."""
+    _xla_only.depth = getattr(_xla_only, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _xla_only.depth -= 1
+
+
+@dataclasses.dataclass(frozen=True)
+class RowsKernel:
+    """The three FFI targets of one configuration; see ``rows_kernel.cc`` for the math."""
+
+    forward_target: str
+    backward_target: str
+    grad_target: str
+    n3: int
+
+    def forward(self, wk, te, x, rad, y, w, adj):
+        """``out [N, n3, F]``."""
+        out = jax.ShapeDtypeStruct((adj.shape[0], self.n3, x.shape[-1]), x.dtype)
+        return _call(self.forward_target, out, wk, te, x, rad, y, w, adj)
+
+    def backward(self, wk, te, x, rad, y, w, adj, g):
+        """``(dx, drad, dy)``."""
+        shapes = (x, rad, y)
+        outs = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in shapes)
+        return _call(self.backward_target, outs, wk, te, x, rad, y, w, adj, g)
+
+    def grad(self, wk, te, x, rad, y, w, adj, g):
+        """``(dwk, dte, dw)``."""
+        outs = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (wk, te, w))
+        return _call(self.grad_target, outs, wk, te, x, rad, y, w, adj, g)
+
+
+def _call(target, outs, wk, te, x, rad, y, w, adj, *g):
+    adj = adj.astype(jnp.int32)
+    return jax.ffi.ffi_call(target, outs, vmap_method="sequential")(wk, te, x, rad, y, w, adj, *g)
+
+
+def rows_kernel(
+    *, features: int, radial: int, filter_degree: int, n2: int, n3: int, support, dtype
+) -> RowsKernel | None:
+    """The compiled kernels for this configuration, or None where they cannot be used.
+
+    Args:
+      features: F.
+      radial: K, radial functions per edge.
+      filter_degree: Lb (the filter has ``(Lb+1)**2`` rows).
+      n2, n3: input and output rows (``P * (L+1)**2``).
+      support: the nonzero couplings ``[nnz, 3]`` of (filter row, input row, output row).
+      dtype: float32 or float64.
+    """
+    if not kernels_enabled():
+        return None
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        return None
+    support = np.asarray(support, np.int64).reshape(-1, 3)
+    if support.shape[0] == 0:
+        return None
+    defines = {
+        "E3MD_REAL": "float" if dtype == np.float32 else "double",
+        "E3MD_DTYPE": "F32" if dtype == np.float32 else "F64",
+        "E3MD_F": features,
+        "E3MD_K": radial,
+        "E3MD_L1": filter_degree + 1,
+        "E3MD_N1": (filter_degree + 1) ** 2,
+        "E3MD_N2": n2,
+        "E3MD_N3": n3,
+        "E3MD_NNZ": support.shape[0],
+        "E3MD_SI": ",".join(map(str, support[:, 0])),
+        "E3MD_SJ": ",".join(map(str, support[:, 1])),
+        "E3MD_SK": ",".join(map(str, support[:, 2])),
+    }
+    key = repr(sorted(defines.items()))
+    with _lock:
+        if key not in _loaded:
+            _loaded[key] = _load(defines, n3)
+        return _loaded[key]
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cpu_id() -> str:
+    """The CPU's model and flags (-march=native code must not run on another CPU)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))]
+        return "\n".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() + platform.machine()
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("E3MD_KERNEL_CACHE")
+    return Path(base) if base else Path.home() / ".cache" / "e3md" / "kernels"
+
+
+def _load(defines: dict, n3: int) -> RowsKernel | None:
+    cxx = _compiler()
+    if cxx is None:
+        _warn_once("no C++ compiler found (set CXX)")
+        return None
+    source = resources.files("e3md.nn").joinpath(_SOURCE).read_text()
+    flags = ["-O3", "-march=native", "-mprefer-vector-width=512", "-std=c++17", "-shared"]
+    flags += ["-fPIC", "-fno-math-errno", "-fopenmp-simd"]
+    flags += [f"-D{k}={v}" for k, v in defines.items()]
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    digest = hashlib.sha256(
+        "\0".join([source, *flags, version, jax.lib.__version__, _cpu_id()]).encode()
+    ).hexdigest()[:16]
+    path = _cache_dir() / f"rows_{digest}.so"
+    if not _intact(path) and not _build(cxx, flags, source, path):
+        return None
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as err:
+        _warn_once(f"cannot load {path}: {err}")
+        return None
+    names = {}
+    for kind in ("fwd", "bwd", "grad"):
+        name = f"e3md_rows_{kind}_{digest}"
+        if name not in _registered:  # XLA refuses a second registration of a name
+            capsule = jax.ffi.pycapsule(getattr(lib, f"e3md_rows_{kind}"))
+            jax.ffi.register_ffi_target(name, capsule, platform="cpu")
+            _registered[name] = lib  # the library stays loaded while XLA may call it
+        names[kind] = name
+    return RowsKernel(names["fwd"], names["bwd"], names["grad"], n3=n3)
+
+
+def _stamp(path: Path) -> Path:
+    return path.with_suffix(".sha256")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _intact(path: Path) -> bool:
+    """The cached library exists and is the one built (a truncated or altered file is built
+    again, not loaded)."""
+    try:
+        return _stamp(path).read_text().strip() == _sha256(path)
+    except OSError:
+        return False
+
+
+def _build(cxx: str, flags: list[str], source: str, path: Path) -> bool:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+            src = Path(tmp) / _SOURCE
+            src.write_text(source)
+            built = Path(tmp) / path.name
+            cmd = [cxx, *flags, f"-I{jax.ffi.include_dir()}", str(src), "-o", str(built)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                _warn_once(f"{cxx} failed:\n{proc.stderr[-2000:]}")
+                return False
+            # atomic replacements: concurrent builds leave one whole library and its hash
+            stamp = Path(tmp) / "sha256"
+            stamp.write_text(_sha256(built))
+            os.replace(built, path)
+            os.replace(stamp, _stamp(path))
+            return True
+    except OSError as err:
+        _warn_once(f"cannot build in {path.parent}: {err}")
+        return False
+
+
+def _warn_once(reason: str) -> None:
+    if reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(
+            f"e3md's CPU kernels are not available ({reason}); using the XLA formulation "
+            "(the same function, slower on CPU)",
+            RuntimeWarning,
+            stacklevel=3,
+        )

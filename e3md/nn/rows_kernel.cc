@@ -1,0 +1,337 @@
+// The last message pass of e3md's rows rule (e3md/nn/rows.py, coupling_row_messages) as three
+// fused CPU kernels called through XLA's FFI (e3md/nn/cpu_kernels.py builds and registers them).
+//
+// Why: on XLA CPU this layer streams its per-edge intermediates ([B, M, nnz, F] filter rows,
+// gathered sender features, their products) through memory several times; its element-wise
+// work then runs at < 0.5 FLOP/byte, 5-9 % of the matmul peak (BENCHMARKS.md, session 10).
+// Here each edge's intermediates live in a few KiB of stack (L1) and are used at once.
+//
+// The function (all per feature f; sums over the nonzero couplings e = (i_e, j_e, k_e)):
+//   r[l]      = sum_k rad[n, s, k] wk[l, k]                      radial part per degree
+//   out[n, k] = sum_s w[n, s] sum_{e: k_e = k} te[e] r[l(i_e)] y[n, s, i_e] x[adj[n, s], j_e]
+// and its reverse mode over a symmetric list (the cotangent of x as a sum over the atom's own
+// row, filter rows signed by (-1)^l; see rows.py). Three handlers:
+//   e3md_rows_fwd:  out
+//   e3md_rows_bwd:  dx, drad, dy (what forces need; padding slots, w == 0, are skipped: every
+//                   term carries the factor w)
+//   e3md_rows_grad: dwk, dte, dw (parameter and weight cotangents; a separate call so that
+//                   XLA removes it when they are unused, as in MD)
+//
+// The configuration is compiled in (-D flags, see cpu_kernels.py): E3MD_REAL, E3MD_DTYPE,
+// E3MD_F (features), E3MD_K (radial functions), E3MD_L1 (filter degrees + 1), E3MD_N1, E3MD_N2,
+// E3MD_N3 (filter, input and output rows), E3MD_NNZ and the support E3MD_SI, E3MD_SJ, E3MD_SK.
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using real = E3MD_REAL;
+constexpr ffi::DataType kDtype = ffi::DataType::E3MD_DTYPE;
+using Buf = ffi::Buffer<kDtype>;
+using Out = ffi::ResultBuffer<kDtype>;
+using Idx = ffi::Buffer<ffi::DataType::S32>;
+
+constexpr int F = E3MD_F, K = E3MD_K, L1 = E3MD_L1;
+constexpr int N1 = E3MD_N1, N2 = E3MD_N2, N3 = E3MD_N3, NNZ = E3MD_NNZ;
+constexpr int SI[NNZ] = {E3MD_SI};
+constexpr int SJ[NNZ] = {E3MD_SJ};
+constexpr int SK[NNZ] = {E3MD_SK};
+static_assert(N1 == L1 * L1, "filter rows are (Lb+1)**2");
+
+constexpr int degree_of(int row) {
+  int l = 0;
+  while ((l + 1) * (l + 1) <= row) ++l;
+  return l;
+}
+// the degree of each entry's filter row and its sign (-1)^l (the reversed edge's filter)
+struct EntryTables {
+  int deg[NNZ];
+  real sign[NNZ];
+};
+constexpr EntryTables kEntry = [] {
+  EntryTables t{};
+  for (int e = 0; e < NNZ; ++e) {
+    t.deg[e] = degree_of(SI[e]);
+    t.sign[e] = t.deg[e] % 2 ? -1 : 1;
+  }
+  return t;
+}();
+
+// Receivers [begin, end) of a block for each task; blocks are taken dynamically so that a
+// thread slowed by other work does not hold the call up.
+template <class Body>
+void parallel_rows(ffi::ThreadPool& pool, int64_t n, Body body) {
+  constexpr int64_t kBlock = 16;
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), blocks));
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+  auto work = [&](int64_t task) {
+    for (int64_t b = next.fetch_add(1); b < blocks; b = next.fetch_add(1)) {
+      body(b * kBlock, std::min(n, (b + 1) * kBlock), task);
+    }
+  };
+  for (int64_t t = 1; t < tasks; ++t) {
+    pool.Schedule([&, t] {
+      work(t);
+      done.fetch_add(1, std::memory_order_release);
+    });
+  }
+  work(0);
+  while (done.load(std::memory_order_acquire) < tasks - 1) std::this_thread::yield();
+}
+
+int64_t tasks_for(ffi::ThreadPool& pool, int64_t n) {
+  return std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), (n + 15) / 16));
+}
+
+// r[l][f] = sum_k rad[k] wk[l][k][f]
+inline void radial(const real* rad, const real* wk, real (&r)[L1][F]) {
+  for (int l = 0; l < L1; ++l) {
+    for (int f = 0; f < F; ++f) r[l][f] = 0;
+    for (int k = 0; k < K; ++k) {
+      const real a = rad[k];
+      const real* wl = wk + (l * K + k) * F;
+      for (int f = 0; f < F; ++f) r[l][f] += a * wl[f];
+    }
+  }
+}
+
+// sum_f a[f] b[f], vectorised (a reduction the compiler may reorder: -fopenmp-simd)
+inline real dot(const real* a, const real* b) {
+  real d = 0;
+#pragma omp simd reduction(+ : d)
+  for (int f = 0; f < F; ++f) d += a[f] * b[f];
+  return d;
+}
+
+inline int64_t sender(const int32_t* adj, int64_t slot, int64_t n) {
+  return std::clamp<int64_t>(adj[slot], 0, n - 1);  // as jnp.take(mode="clip")
+}
+
+ffi::Error Forward(ffi::ThreadPool pool, Buf wk_b, Buf te_b, Buf x_b, Buf rad_b, Buf y_b, Buf w_b,
+                   Idx adj_b, Out out_b) {
+  const auto dims = adj_b.dimensions();
+  const int64_t n = dims[0], m = dims[1];
+  const real *wk = wk_b.typed_data(), *te = te_b.typed_data(), *x = x_b.typed_data();
+  const real *rad = rad_b.typed_data(), *y = y_b.typed_data(), *w = w_b.typed_data();
+  const int32_t* adj = adj_b.typed_data();
+  real* out = out_b->typed_data();
+  parallel_rows(pool, n, [&](int64_t begin, int64_t end, int64_t) {
+    alignas(64) real r[L1][F];
+    alignas(64) real acc[N3][F];
+    for (int64_t a = begin; a < end; ++a) {
+      std::memset(acc, 0, sizeof(acc));
+      for (int64_t s = a * m; s < (a + 1) * m; ++s) {
+        const real ws = w[s];
+        if (ws == 0) continue;
+        const real* xj = x + sender(adj, s, n) * N2 * F;
+        const real* ys = y + s * N1;
+        radial(rad + s * K, wk, r);
+#pragma GCC unroll 64
+        for (int e = 0; e < NNZ; ++e) {
+          const real c = ws * ys[SI[e]];
+          const real* rl = r[kEntry.deg[e]];
+          const real* xe = xj + SJ[e] * F;
+          const real* t = te + e * F;
+          for (int f = 0; f < F; ++f) acc[SK[e]][f] += c * t[f] * rl[f] * xe[f];
+        }
+      }
+      std::memcpy(out + a * N3 * F, acc, sizeof(acc));
+    }
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error Backward(ffi::ThreadPool pool, Buf wk_b, Buf te_b, Buf x_b, Buf rad_b, Buf y_b, Buf w_b,
+                    Idx adj_b, Buf g_b, Out dx_b, Out drad_b, Out dy_b) {
+  const auto dims = adj_b.dimensions();
+  const int64_t n = dims[0], m = dims[1];
+  const real *wk = wk_b.typed_data(), *te = te_b.typed_data(), *x = x_b.typed_data();
+  const real *rad = rad_b.typed_data(), *y = y_b.typed_data(), *w = w_b.typed_data();
+  const real* g = g_b.typed_data();
+  const int32_t* adj = adj_b.typed_data();
+  real *dx = dx_b->typed_data(), *drad = drad_b->typed_data(), *dy = dy_b->typed_data();
+  parallel_rows(pool, n, [&](int64_t begin, int64_t end, int64_t) {
+    alignas(64) real r[L1][F];
+    alignas(64) real df[N1][F];
+    alignas(64) real dr[L1][F];
+    alignas(64) real dxa[N2][F];
+    for (int64_t a = begin; a < end; ++a) {
+      std::memset(dxa, 0, sizeof(dxa));
+      const real* gi = g + a * N3 * F;
+      for (int64_t s = a * m; s < (a + 1) * m; ++s) {
+        const real ws = w[s];
+        if (ws == 0) {
+          std::fill(drad + s * K, drad + (s + 1) * K, real(0));
+          std::fill(dy + s * N1, dy + (s + 1) * N1, real(0));
+          continue;
+        }
+        const int64_t j = sender(adj, s, n);
+        const real* xj = x + j * N2 * F;
+        const real* gj = g + j * N3 * F;
+        const real* ys = y + s * N1;
+        radial(rad + s * K, wk, r);
+        std::memset(df, 0, sizeof(df));
+#pragma GCC unroll 64
+        for (int e = 0; e < NNZ; ++e) {
+          const int i = SI[e];
+          const real* rl = r[kEntry.deg[e]];
+          const real* t = te + e * F;
+          const real* xe = xj + SJ[e] * F;
+          const real* ge = gi + SK[e] * F;
+          const real* gje = gj + SK[e] * F;
+          // the sender side: this atom's reversed edge, filter signed by (-1)^l
+          const real c = kEntry.sign[e] * ws * ys[i];
+          for (int f = 0; f < F; ++f) {
+            df[i][f] += t[f] * xe[f] * ge[f];
+            dxa[SJ[e]][f] += c * t[f] * rl[f] * gje[f];
+          }
+        }
+        for (int l = 0; l < L1; ++l) {
+          real* drl = dr[l];
+          for (int f = 0; f < F; ++f) drl[f] = 0;
+          for (int i = l * l; i < (l + 1) * (l + 1); ++i) {
+            dy[s * N1 + i] = ws * dot(df[i], r[l]);
+            const real c = ws * ys[i];
+            for (int f = 0; f < F; ++f) drl[f] += c * df[i][f];
+          }
+        }
+        for (int k = 0; k < K; ++k) {
+          real d = 0;
+          for (int l = 0; l < L1; ++l) d += dot(dr[l], wk + (l * K + k) * F);
+          drad[s * K + k] = d;
+        }
+      }
+      std::memcpy(dx + a * N2 * F, dxa, sizeof(dxa));
+    }
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error Grad(ffi::ThreadPool pool, Buf wk_b, Buf te_b, Buf x_b, Buf rad_b, Buf y_b, Buf w_b,
+                Idx adj_b, Buf g_b, Out dwk_b, Out dte_b, Out dw_b) {
+  const auto dims = adj_b.dimensions();
+  const int64_t n = dims[0], m = dims[1];
+  const real *wk = wk_b.typed_data(), *te = te_b.typed_data(), *x = x_b.typed_data();
+  const real *rad = rad_b.typed_data(), *y = y_b.typed_data(), *w = w_b.typed_data();
+  const real* g = g_b.typed_data();
+  const int32_t* adj = adj_b.typed_data();
+  real* dw = dw_b->typed_data();
+  // per-task partial sums of the parameter cotangents, added up at the end
+  const int64_t tasks = tasks_for(pool, n);
+  std::vector<real> dwk_t(tasks * L1 * K * F, 0), dte_t(tasks * NNZ * F, 0);
+  parallel_rows(pool, n, [&](int64_t begin, int64_t end, int64_t task) {
+    alignas(64) real r[L1][F];
+    alignas(64) real df[N1][F];
+    alignas(64) real dr[L1][F];
+    real* dwk = dwk_t.data() + task * L1 * K * F;
+    real* dte = dte_t.data() + task * NNZ * F;
+    for (int64_t a = begin; a < end; ++a) {
+      const real* gi = g + a * N3 * F;
+      for (int64_t s = a * m; s < (a + 1) * m; ++s) {
+        const real ws = w[s];
+        const real* xj = x + sender(adj, s, n) * N2 * F;
+        const real* ys = y + s * N1;
+        radial(rad + s * K, wk, r);
+        std::memset(df, 0, sizeof(df));
+#pragma GCC unroll 64
+        for (int e = 0; e < NNZ; ++e) {
+          const int i = SI[e];
+          const real* rl = r[kEntry.deg[e]];
+          const real* t = te + e * F;
+          const real* xe = xj + SJ[e] * F;
+          const real* ge = gi + SK[e] * F;
+          const real c = ws * ys[i];
+          for (int f = 0; f < F; ++f) {
+            const real p = xe[f] * ge[f];
+            df[i][f] += t[f] * p;
+            dte[e * F + f] += c * rl[f] * p;
+          }
+        }
+        real dws = 0;
+        for (int l = 0; l < L1; ++l) {
+          real* drl = dr[l];
+          for (int f = 0; f < F; ++f) drl[f] = 0;
+          for (int i = l * l; i < (l + 1) * (l + 1); ++i) {
+            dws += ys[i] * dot(df[i], r[l]);
+            const real c = ws * ys[i];
+            for (int f = 0; f < F; ++f) drl[f] += c * df[i][f];
+          }
+        }
+        dw[s] = dws;
+        const real* rs = rad + s * K;
+        for (int l = 0; l < L1; ++l) {
+          for (int k = 0; k < K; ++k) {
+            real* out = dwk + (l * K + k) * F;
+            for (int f = 0; f < F; ++f) out[f] += rs[k] * dr[l][f];
+          }
+        }
+      }
+    }
+  });
+  real *dwk = dwk_b->typed_data(), *dte = dte_b->typed_data();
+  std::fill(dwk, dwk + L1 * K * F, real(0));
+  std::fill(dte, dte + NNZ * F, real(0));
+  for (int64_t t = 0; t < tasks; ++t) {
+    for (int64_t q = 0; q < L1 * K * F; ++q) dwk[q] += dwk_t[t * L1 * K * F + q];
+    for (int64_t q = 0; q < NNZ * F; ++q) dte[q] += dte_t[t * NNZ * F + q];
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(e3md_rows_fwd, Forward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<Buf>()  // wk [L1, K, F]
+                                  .Arg<Buf>()  // te [NNZ, F]
+                                  .Arg<Buf>()  // x [N, N2, F]
+                                  .Arg<Buf>()  // rad [N, M, K]
+                                  .Arg<Buf>()  // y [N, M, N1]
+                                  .Arg<Buf>()  // w [N, M]
+                                  .Arg<Idx>()  // adj [N, M]
+                                  .Ret<Buf>()  // out [N, N3, F]
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(e3md_rows_bwd, Backward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<Buf>()
+                                  .Arg<Buf>()
+                                  .Arg<Buf>()
+                                  .Arg<Buf>()
+                                  .Arg<Buf>()
+                                  .Arg<Buf>()
+                                  .Arg<Idx>()
+                                  .Arg<Buf>()  // g = d out [N, N3, F]
+                                  .Ret<Buf>()  // dx [N, N2, F]
+                                  .Ret<Buf>()  // drad [N, M, K]
+                                  .Ret<Buf>()  // dy [N, M, N1]
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(e3md_rows_grad, Grad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<Buf>()
+                                  .Arg<Buf>()
+                                  .Arg<Buf>()
+                                  .Arg<Buf>()
+                                  .Arg<Buf>()
+                                  .Arg<Buf>()
+                                  .Arg<Idx>()
+                                  .Arg<Buf>()  // g
+                                  .Ret<Buf>()  // dwk [L1, K, F]
+                                  .Ret<Buf>()  // dte [NNZ, F]
+                                  .Ret<Buf>()  // dw [N, M]
+);

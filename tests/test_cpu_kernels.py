@@ -1,0 +1,159 @@
+"""e3md's compiled CPU kernels (``e3md.nn.cpu_kernels``) against the XLA formulation of the same
+rule (``e3md.nn.rows.coupling_row_messages`` under ``xla_only``), which
+``test_nn_message_pass.py`` checks against the plain edge-list message pass."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from e3md.nn import cpu_kernels, rows
+from e3md.nn.tensor import _coupling_support
+
+pytestmark = pytest.mark.skipif(
+    not cpu_kernels.kernels_enabled() or cpu_kernels._compiler() is None,
+    reason="needs the CPU backend and a C++ compiler",
+)
+
+N, M, K, F = 23, 7, 5, 12
+
+
+def _support(l_filter, l_in, l_out):
+    return np.argwhere(_coupling_support(1, 1, l_filter, l_in, l_out, False, False))
+
+
+def _inputs(rng, dtype, l_filter, l_in, l_out):
+    support = _support(l_filter, l_in, l_out)
+    n1, n2, n3 = (l_filter + 1) ** 2, (l_in + 1) ** 2, (l_out + 1) ** 2
+
+    def normal(*shape):
+        return jnp.asarray(rng.normal(size=shape), dtype)
+
+    w = np.asarray(rng.normal(size=(N, M)))
+    w[rng.random((N, M)) < 0.3] = 0  # padding slots
+    adj = rng.integers(0, N, size=(N, M))
+    adj[w == 0] = N + 3  # out of range on padding: clipped, as jnp.take(mode="clip")
+    args = dict(
+        wk=normal(l_filter + 1, K, F),
+        t=normal(n1, n2, n3, F),
+        inputs=normal(N, n2, F),
+        radial=normal(N, M, K),
+        angular=normal(N, M, n1),
+        weights=jnp.asarray(w, dtype),
+    )
+    return support, args, jnp.asarray(adj), normal(N, n3, F)
+
+
+def _messages(support, adj):
+    def f(wk, t, inputs, radial, angular, weights):
+        return rows.coupling_row_messages(
+            wk, t, support, inputs, radial, angular, weights, adj, atoms_per_block=4
+        )
+
+    return f
+
+
+def _vjp(f, args, ct, xla):
+    def run():
+        out, pull = jax.vjp(f, *args.values())
+        return out, pull(ct)
+
+    if xla:
+        with cpu_kernels.xla_only():
+            return run()
+    return run()
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize(
+    "degrees",
+    [(1, 1, 0), (2, 2, 0), (1, 1, 1), (2, 1, 2)],  # e3md's last pass (small, medium), L > 0 out
+)
+def test_kernels_are_the_rule(degrees, dtype, rng):
+    """Values and every cotangent (features, radial and angular basis, weights, filter weights,
+    coupling tensor) equal the XLA rule's, padding slots and clipped senders included."""
+    support, args, adj, ct = _inputs(rng, dtype, *degrees)
+    f = _messages(support, adj)
+    assert "ffi_call" in str(jax.make_jaxpr(f)(*args.values()))
+    with cpu_kernels.xla_only():  # a new function: make_jaxpr caches traces per function
+        assert "ffi_call" not in str(jax.make_jaxpr(_messages(support, adj))(*args.values()))
+    out, grads = _vjp(f, args, ct, xla=False)
+    out_ref, grads_ref = _vjp(f, args, ct, xla=True)
+    tol = dict(rtol=2e-5, atol=2e-5) if dtype == jnp.float32 else dict(rtol=1e-11, atol=1e-11)
+    assert out.dtype == dtype
+    np.testing.assert_allclose(out, out_ref, **tol)
+    for name, a, b in zip(args, grads, grads_ref, strict=True):
+        assert a.dtype == dtype, name
+        np.testing.assert_allclose(a, b, **tol, err_msg=name)
+
+
+def test_second_order_through_the_kernels(rng):
+    """Parameter gradients of a force-like quantity (second order, as force training needs)
+    go through the XLA rule's derivative and agree."""
+    support, args, adj, ct = _inputs(rng, jnp.float64, 2, 2, 0)
+    f = _messages(support, adj)
+    c = jnp.asarray(rng.normal(size=args["radial"].shape))
+
+    def h(wk, t):
+        def energy(radial):
+            a = dict(args, wk=wk, t=t, radial=radial)
+            return jnp.sum(ct * f(*a.values()))
+
+        return jnp.sum(c * jax.grad(energy)(args["radial"]))
+
+    got = jax.grad(h, argnums=(0, 1))(args["wk"], args["t"])
+    with cpu_kernels.xla_only():
+        ref = jax.grad(h, argnums=(0, 1))(args["wk"], args["t"])
+    for a, b in zip(got, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_energy_and_forces_compile_without_the_parameter_kernel(rng):
+    """Energy + forces run the forward and input-cotangent kernels only: XLA removes the
+    parameter-cotangent call when nothing uses it (as in MD)."""
+    support, args, adj, ct = _inputs(rng, jnp.float32, 2, 2, 0)
+    f = _messages(support, adj)
+
+    def energy(radial, angular):
+        return jnp.sum(ct * f(*dict(args, radial=radial, angular=angular).values()))
+
+    lowered = jax.jit(jax.value_and_grad(energy, argnums=(0, 1))).lower(
+        args["radial"], args["angular"]
+    )
+    targets = lowered.compile().as_text()
+    assert "e3md_rows_fwd" in targets and "e3md_rows_bwd" in targets
+    assert "e3md_rows_grad" not in targets
+
+
+def test_without_a_compiler_the_xla_rule_runs(rng, monkeypatch, tmp_path):
+    """No compiler: a warning, then the XLA formulation (same values); E3MD_CPU_KERNELS=0
+    switches the kernels off without a warning."""
+    monkeypatch.setenv("E3MD_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(cpu_kernels, "_compiler", lambda: None)
+    monkeypatch.setattr(cpu_kernels, "_loaded", {})
+    monkeypatch.setattr(cpu_kernels, "_warned", set())
+    support, args, adj, ct = _inputs(rng, jnp.float32, 1, 1, 0)
+    f = _messages(support, adj)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        jaxpr = str(jax.make_jaxpr(f)(*args.values()))
+    assert "ffi_call" not in jaxpr
+    monkeypatch.setenv("E3MD_CPU_KERNELS", "0")
+    assert not cpu_kernels.kernels_enabled()
+    assert cpu_kernels.rows_kernel(
+        features=F, radial=K, filter_degree=1, n2=4, n3=1, support=support, dtype=np.float32
+    ) is None  # fmt: skip
+
+
+def test_a_damaged_cached_library_is_rebuilt(rng, monkeypatch, tmp_path):
+    """A truncated library in the cache (a build killed half-way by another tool) is replaced,
+    not loaded."""
+    monkeypatch.setenv("E3MD_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(cpu_kernels, "_loaded", {})
+    config = dict(features=F, radial=K, filter_degree=1, n2=4, n3=1, dtype=np.float32)
+    support = _support(1, 1, 0)
+    assert cpu_kernels.rows_kernel(**config, support=support) is not None
+    (lib,) = tmp_path.glob("rows_*.so")
+    lib.write_bytes(lib.read_bytes()[:1000])
+    monkeypatch.setattr(cpu_kernels, "_loaded", {})
+    assert cpu_kernels.rows_kernel(**config, support=support) is not None
+    assert lib.stat().st_size > 1000
