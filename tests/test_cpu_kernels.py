@@ -157,3 +157,43 @@ def test_a_damaged_cached_library_is_rebuilt(rng, monkeypatch, tmp_path):
     monkeypatch.setattr(cpu_kernels, "_loaded", {})
     assert cpu_kernels.rows_kernel(**config, support=support) is not None
     assert lib.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_class_sums_are_the_segment_sum(dtype, rng):
+    """The first message pass's per-(receiver, class) basis sums: values, cotangents of the
+    radial and angular basis and the weights, and a second derivative, equal the XLA segment
+    sum's; out-of-range segments (padding) are dropped."""
+    from e3md.nn.message_pass import _class_sums
+
+    edges, size, lm = 57, 9, 4
+    kernel = cpu_kernels.class_sum_kernel(rows=lm, radial=K, dtype=dtype)
+    radial = jnp.asarray(rng.normal(size=(edges, K)), dtype)
+    angular = jnp.asarray(rng.normal(size=(edges, lm)), dtype)
+    w = jnp.asarray(rng.normal(size=edges), dtype)
+    seg = jnp.asarray(rng.integers(0, size + 2, size=edges))  # some out of range
+    ct = jnp.asarray(rng.normal(size=(size, lm, K)), dtype)
+
+    def xla(radial, angular, w):
+        b = angular[:, :, None] * radial[:, None, :] * w[:, None, None]
+        return jax.ops.segment_sum(b, seg, num_segments=size)
+
+    def fused(radial, angular, w):
+        return _class_sums(kernel, radial, angular, w, seg, size)
+
+    tol = dict(rtol=2e-5, atol=2e-5) if dtype == jnp.float32 else dict(rtol=1e-12, atol=1e-12)
+    args = (radial, angular, w)
+    out, pull = jax.vjp(fused, *args)
+    out_ref, pull_ref = jax.vjp(xla, *args)
+    np.testing.assert_allclose(out, out_ref, **tol)
+    for a, b in zip(pull(ct), pull_ref(ct), strict=True):
+        assert a.dtype == dtype
+        np.testing.assert_allclose(a, b, **tol)
+
+    c = jnp.asarray(rng.normal(size=radial.shape), dtype)
+
+    def second(f):  # d/dw of <c, d<ct, f>/d radial>
+        inner = jax.grad(lambda r, w: jnp.sum(ct * f(r, angular, w)))
+        return jax.grad(lambda w: jnp.sum(c * inner(radial, w)))(w)
+
+    np.testing.assert_allclose(second(fused), second(xla), **tol)

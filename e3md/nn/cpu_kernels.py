@@ -1,9 +1,12 @@
-"""Fused CPU kernels for the rows rule, built on first use and called through XLA's FFI.
+"""Fused CPU kernels for e3md's message passes, built on first use and called through XLA's FFI.
 
-:func:`rows_kernel` returns the kernels of one configuration of
-:func:`e3md.nn.rows.coupling_row_messages` (the last message pass of the e3md model): forward,
-the input cotangents forces need, and the parameter cotangents. The C++ source
-(``rows_kernel.cc``) is compiled with the configuration's sizes and couplings as constants, by
+- :func:`rows_kernel`: one configuration of :func:`e3md.nn.rows.coupling_row_messages` (the
+  last message pass of the e3md model): forward, the input cotangents forces need, and the
+  parameter cotangents (``rows_kernel.cc``).
+- :func:`class_sum_kernel`: the per-(receiver, sender class) basis sums of the first message
+  pass (``MessagePass(input_index=...)``) and their cotangents (``class_sum_kernel.cc``).
+
+Each C++ source is compiled with the configuration's sizes (and couplings) as constants, by
 the system's C++ compiler (``$CXX``, else ``c++``/``g++``/``clang++``), for this machine's CPU
 (``-march=native``), into a cache folder (``$E3MD_KERNEL_CACHE``, else
 ``~/.cache/e3md/kernels``) keyed by the source, the configuration, the compiler, jaxlib and the
@@ -11,8 +14,10 @@ CPU; later processes load the cached library (a few ms). A build takes a few sec
 configuration and machine.
 
 Where no compiler works, or with ``E3MD_CPU_KERNELS=0``, inside :func:`xla_only`, or when JAX's
-default backend is not the CPU, :func:`rows_kernel` returns None and the XLA formulation runs
-instead (the same function; a warning says why once per process when a build failed).
+default backend is not the CPU, these functions return None and the XLA formulation runs
+instead (the same function; a warning says why once per process when a build failed). The
+callers make the XLA formulation the kernels' derivative, so second derivatives (parameter
+gradients of forces) work either way.
 """
 
 from __future__ import annotations
@@ -35,11 +40,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["RowsKernel", "kernels_enabled", "rows_kernel", "xla_only"]
+__all__ = [
+    "ClassSumKernel",
+    "RowsKernel",
+    "class_sum_kernel",
+    "kernels_enabled",
+    "rows_kernel",
+    "xla_only",
+]
 
-_SOURCE = "rows_kernel.cc"
 _lock = threading.Lock()
-_loaded: dict[str, RowsKernel | None] = {}
+_loaded: dict[str, dict[str, str] | None] = {}
 _warned: set[str] = set()
 _registered: dict[str, ctypes.CDLL] = {}
 _xla_only = threading.local()
@@ -74,31 +85,60 @@ def xla_only():
 class RowsKernel:
     """The three FFI targets of one configuration; see ``rows_kernel.cc`` for the math."""
 
-    forward_target: str
-    backward_target: str
-    grad_target: str
+    targets: dict[str, str]
     n3: int
 
     def forward(self, wk, te, x, rad, y, w, adj):
         """``out [N, n3, F]``."""
         out = jax.ShapeDtypeStruct((adj.shape[0], self.n3, x.shape[-1]), x.dtype)
-        return _call(self.forward_target, out, wk, te, x, rad, y, w, adj)
+        return _call(self.targets["fwd"], out, wk, te, x, rad, y, w, _int32(adj))
 
     def backward(self, wk, te, x, rad, y, w, adj, g):
         """``(dx, drad, dy)``."""
-        shapes = (x, rad, y)
-        outs = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in shapes)
-        return _call(self.backward_target, outs, wk, te, x, rad, y, w, adj, g)
+        outs = _like(x, rad, y)
+        return _call(self.targets["bwd"], outs, wk, te, x, rad, y, w, _int32(adj), g)
 
     def grad(self, wk, te, x, rad, y, w, adj, g):
         """``(dwk, dte, dw)``."""
-        outs = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (wk, te, w))
-        return _call(self.grad_target, outs, wk, te, x, rad, y, w, adj, g)
+        outs = _like(wk, te, w)
+        return _call(self.targets["grad"], outs, wk, te, x, rad, y, w, _int32(adj), g)
 
 
-def _call(target, outs, wk, te, x, rad, y, w, adj, *g):
-    adj = adj.astype(jnp.int32)
-    return jax.ffi.ffi_call(target, outs, vmap_method="sequential")(wk, te, x, rad, y, w, adj, *g)
+@dataclasses.dataclass(frozen=True)
+class ClassSumKernel:
+    """The two FFI targets of the class sums; see ``class_sum_kernel.cc`` for the math."""
+
+    targets: dict[str, str]
+
+    def forward(self, rad, y, w, seg, size: int):
+        """``out [size, LM, K]`` from ``rad [E, K]``, ``y [E, LM]``, ``w [E]``, ``seg [E]``."""
+        out = jax.ShapeDtypeStruct((size, y.shape[-1], rad.shape[-1]), rad.dtype)
+        return _call(self.targets["fwd"], out, rad, y, w, _int32(seg))
+
+    def backward(self, rad, y, w, seg, g):
+        """``(drad, dy, dw)``."""
+        return _call(self.targets["bwd"], _like(rad, y, w), rad, y, w, _int32(seg), g)
+
+
+def _int32(a):
+    return a.astype(jnp.int32)
+
+
+def _like(*arrays):
+    return tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in arrays)
+
+
+def _call(target, outs, *args):
+    return jax.ffi.ffi_call(target, outs, vmap_method="sequential")(*args)
+
+
+def _real(dtype) -> dict | None:
+    dtype = np.dtype(dtype)
+    if dtype == np.float32:
+        return {"E3MD_REAL": "float", "E3MD_DTYPE": "F32"}
+    if dtype == np.float64:
+        return {"E3MD_REAL": "double", "E3MD_DTYPE": "F64"}
+    return None
 
 
 def rows_kernel(
@@ -114,17 +154,12 @@ def rows_kernel(
       support: the nonzero couplings ``[nnz, 3]`` of (filter row, input row, output row).
       dtype: float32 or float64.
     """
-    if not kernels_enabled():
-        return None
-    dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        return None
+    real = _real(dtype)
     support = np.asarray(support, np.int64).reshape(-1, 3)
-    if support.shape[0] == 0:
+    if not kernels_enabled() or real is None or support.shape[0] == 0:
         return None
     defines = {
-        "E3MD_REAL": "float" if dtype == np.float32 else "double",
-        "E3MD_DTYPE": "F32" if dtype == np.float32 else "F64",
+        **real,
         "E3MD_F": features,
         "E3MD_K": radial,
         "E3MD_L1": filter_degree + 1,
@@ -136,10 +171,27 @@ def rows_kernel(
         "E3MD_SJ": ",".join(map(str, support[:, 1])),
         "E3MD_SK": ",".join(map(str, support[:, 2])),
     }
-    key = repr(sorted(defines.items()))
+    targets = _targets("rows", defines, ("fwd", "bwd", "grad"))
+    return None if targets is None else RowsKernel(targets, n3)
+
+
+def class_sum_kernel(*, rows: int, radial: int, dtype) -> ClassSumKernel | None:
+    """The compiled class-sum kernels for ``rows`` angular rows and ``radial`` functions, or
+    None where they cannot be used."""
+    real = _real(dtype)
+    if not kernels_enabled() or real is None:
+        return None
+    targets = _targets("class_sum", {**real, "E3MD_LM": rows, "E3MD_K": radial}, ("fwd", "bwd"))
+    return None if targets is None else ClassSumKernel(targets)
+
+
+def _targets(name: str, defines: dict, kinds: tuple[str, ...]) -> dict[str, str] | None:
+    """FFI target names of ``{name}_kernel.cc`` built with ``defines`` (built, loaded and
+    registered once per process)."""
+    key = repr((name, sorted(defines.items())))
     with _lock:
         if key not in _loaded:
-            _loaded[key] = _load(defines, n3)
+            _loaded[key] = _load(name, defines, kinds)
         return _loaded[key]
 
 
@@ -165,12 +217,12 @@ def _cache_dir() -> Path:
     return Path(base) if base else Path.home() / ".cache" / "e3md" / "kernels"
 
 
-def _load(defines: dict, n3: int) -> RowsKernel | None:
+def _load(name: str, defines: dict, kinds: tuple[str, ...]) -> dict[str, str] | None:
     cxx = _compiler()
     if cxx is None:
         _warn_once("no C++ compiler found (set CXX)")
         return None
-    source = resources.files("e3md.nn").joinpath(_SOURCE).read_text()
+    source = resources.files("e3md.nn").joinpath(f"{name}_kernel.cc").read_text()
     flags = ["-O3", "-march=native", "-mprefer-vector-width=512", "-std=c++17", "-shared"]
     flags += ["-fPIC", "-fno-math-errno", "-fopenmp-simd"]
     flags += [f"-D{k}={v}" for k, v in defines.items()]
@@ -178,7 +230,7 @@ def _load(defines: dict, n3: int) -> RowsKernel | None:
     digest = hashlib.sha256(
         "\0".join([source, *flags, version, jax.lib.__version__, _cpu_id()]).encode()
     ).hexdigest()[:16]
-    path = _cache_dir() / f"rows_{digest}.so"
+    path = _cache_dir() / f"{name}_{digest}.so"
     if not _intact(path) and not _build(cxx, flags, source, path):
         return None
     try:
@@ -186,15 +238,15 @@ def _load(defines: dict, n3: int) -> RowsKernel | None:
     except OSError as err:
         _warn_once(f"cannot load {path}: {err}")
         return None
-    names = {}
-    for kind in ("fwd", "bwd", "grad"):
-        name = f"e3md_rows_{kind}_{digest}"
-        if name not in _registered:  # XLA refuses a second registration of a name
-            capsule = jax.ffi.pycapsule(getattr(lib, f"e3md_rows_{kind}"))
-            jax.ffi.register_ffi_target(name, capsule, platform="cpu")
-            _registered[name] = lib  # the library stays loaded while XLA may call it
-        names[kind] = name
-    return RowsKernel(names["fwd"], names["bwd"], names["grad"], n3=n3)
+    targets = {}
+    for kind in kinds:
+        target = f"e3md_{name}_{kind}_{digest}"
+        if target not in _registered:  # XLA refuses a second registration of a name
+            capsule = jax.ffi.pycapsule(getattr(lib, f"e3md_{name}_{kind}"))
+            jax.ffi.register_ffi_target(target, capsule, platform="cpu")
+            _registered[target] = lib  # the library stays loaded while XLA may call it
+        targets[kind] = target
+    return targets
 
 
 def _stamp(path: Path) -> Path:
@@ -218,7 +270,7 @@ def _build(cxx: str, flags: list[str], source: str, path: Path) -> bool:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-            src = Path(tmp) / _SOURCE
+            src = Path(tmp) / "kernel.cc"
             src.write_text(source)
             built = Path(tmp) / path.name
             cmd = [cxx, *flags, f"-I{jax.ffi.include_dir()}", str(src), "-o", str(built)]

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Integer
 
-from e3md.nn import rows
+from e3md.nn import cpu_kernels, rows
 from e3md.nn.dense import Dense
 from e3md.nn.ops import gather_src, indexed_sum
 from e3md.nn.tensor import FusedTensor, Tensor, coupling_form
@@ -170,12 +170,54 @@ def _class_messages(
             b = angular[..., None] * radial[..., None, None, :]  # [E, 1, LMb, K]
         return jax.ops.segment_sum(b * w, seg, num_segments=num_segments * num_classes)
 
-    edge_arrays = (tuple(basis) if factored else basis, weights, seg)
-    summed = _edge_sum(block, edge_arrays, (0, 0, num_segments * num_classes), edge_chunk)
+    size = num_segments * num_classes
+    kernel = None
+    if factored:
+        radial, angular = basis
+        kernel = cpu_kernels.class_sum_kernel(
+            rows=angular.shape[-1], radial=radial.shape[-1], dtype=radial.dtype
+        )
+    if kernel is not None and angular.dtype == radial.dtype == weights.dtype:
+        y = angular.reshape(-1, angular.shape[-1])
+        summed = _class_sums(kernel, radial, y, weights.reshape(-1), seg, size)[:, None]
+    else:
+        edge_arrays = (tuple(basis) if factored else basis, weights, seg)
+        summed = _edge_sum(block, edge_arrays, (0, 0, size), edge_chunk)
     filters = dense(summed)  # [N*S, 1, LMb, F]
     x = jnp.broadcast_to(table, (num_segments, *table.shape)).reshape(-1, *table.shape[1:])
     products = tensor(filters, x)
     return products.reshape(num_segments, num_classes, *products.shape[1:]).sum(axis=1)
+
+
+def _class_sums(kernel, radial, angular, weights, seg, size):
+    """``segment_sum(w[e] angular[e, :, None] radial[e, None, :], seg)`` ``[size, LMb, K]`` by
+    the CPU kernel (:func:`e3md.nn.cpu_kernels.class_sum_kernel`), whose derivative is the XLA
+    formula's (so second derivatives work)."""
+
+    def xla(radial, angular, weights, seg):
+        b = angular[:, :, None] * radial[:, None, :] * weights[:, None, None]
+        return jax.ops.segment_sum(b, seg, num_segments=size)
+
+    def xla_backward(res, g):
+        *floats, seg = res
+        _, pull = jax.vjp(lambda *a: xla(*a, seg), *floats)
+        return (*pull(g), None)
+
+    @jax.custom_vjp
+    def backward(res, g):
+        return (*kernel.backward(*res, g), None)
+
+    backward.defvjp(
+        lambda res, g: (backward(res, g), (res, g)),
+        lambda primals, ct: jax.vjp(xla_backward, *primals)[1](ct),
+    )
+
+    @jax.custom_vjp
+    def sums(radial, angular, weights, seg):
+        return kernel.forward(radial, angular, weights, seg, size)
+
+    sums.defvjp(lambda *args: (sums(*args), args), backward)
+    return sums(radial, angular, weights, seg)
 
 
 def _symmetric_messages(

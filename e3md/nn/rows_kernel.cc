@@ -106,11 +106,13 @@ inline void radial(const real* rad, const real* wk, real (&r)[L1][F]) {
   }
 }
 
-// sum_f a[f] b[f], vectorised (a reduction the compiler may reorder: -fopenmp-simd)
+// sum_f a[f] b[f] over n entries, vectorised (a reduction the compiler may reorder:
+// -fopenmp-simd)
+template <int n = F>
 inline real dot(const real* a, const real* b) {
   real d = 0;
 #pragma omp simd reduction(+ : d)
-  for (int f = 0; f < F; ++f) d += a[f] * b[f];
+  for (int f = 0; f < n; ++f) d += a[f] * b[f];
   return d;
 }
 
@@ -161,6 +163,12 @@ ffi::Error Backward(ffi::ThreadPool pool, Buf wk_b, Buf te_b, Buf x_b, Buf rad_b
   const real* g = g_b.typed_data();
   const int32_t* adj = adj_b.typed_data();
   real *dx = dx_b->typed_data(), *drad = drad_b->typed_data(), *dy = dy_b->typed_data();
+  // wk as [K, L1, F]: the radial cotangent of an edge is then K dot products of length L1 F
+  std::vector<real> wkk_v(K * L1 * F);
+  for (int l = 0; l < L1; ++l)
+    for (int k = 0; k < K; ++k)
+      std::copy_n(wk + (l * K + k) * F, F, wkk_v.data() + (k * L1 + l) * F);
+  const real* wkk = wkk_v.data();
   parallel_rows(pool, n, [&](int64_t begin, int64_t end, int64_t) {
     alignas(64) real r[L1][F];
     alignas(64) real df[N1][F];
@@ -206,11 +214,7 @@ ffi::Error Backward(ffi::ThreadPool pool, Buf wk_b, Buf te_b, Buf x_b, Buf rad_b
             for (int f = 0; f < F; ++f) drl[f] += c * df[i][f];
           }
         }
-        for (int k = 0; k < K; ++k) {
-          real d = 0;
-          for (int l = 0; l < L1; ++l) d += dot(dr[l], wk + (l * K + k) * F);
-          drad[s * K + k] = d;
-        }
+        for (int k = 0; k < K; ++k) drad[s * K + k] = dot<L1 * F>(&dr[0][0], wkk + k * L1 * F);
       }
       std::memcpy(dx + a * N2 * F, dxa, sizeof(dxa));
     }

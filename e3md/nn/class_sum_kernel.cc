@@ -1,0 +1,132 @@
+// The per-(receiver, sender class) basis sums of the first message pass
+// (e3md/nn/message_pass.py, _class_messages) as CPU kernels called through XLA's FFI
+// (e3md/nn/cpu_kernels.py builds and registers them):
+//
+//   out[q, lm, k] = sum_{e: seg[e] = q} w[e] y[e, lm] rad[e, k]       (q < Q; others dropped)
+//
+// and its reverse mode (a gather per edge):
+//
+//   dy[e, lm] = w[e] sum_k g[seg[e], lm, k] rad[e, k],   drad[e, k] = w[e] sum_lm g[...] y[e, lm],
+//   dw[e] = sum_{lm, k} g[seg[e], lm, k] y[e, lm] rad[e, k]          (0 where seg[e] >= Q)
+//
+// On XLA CPU the forward is a scatter-add of [E, LM, K] products after padding the edges into
+// blocks, and its backward a gather with dynamic-update-slices (~35 ms of the medium model at
+// 1536 atoms, BENCHMARKS.md session 11); here each edge's LM x K products go straight into
+// the sum. Compiled in (-D flags): E3MD_REAL, E3MD_DTYPE, E3MD_LM, E3MD_K.
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using real = E3MD_REAL;
+constexpr ffi::DataType kDtype = ffi::DataType::E3MD_DTYPE;
+using Buf = ffi::Buffer<kDtype>;
+using Out = ffi::ResultBuffer<kDtype>;
+using Idx = ffi::Buffer<ffi::DataType::S32>;
+constexpr int LM = E3MD_LM, K = E3MD_K;
+
+ffi::Error Forward(Buf rad_b, Buf y_b, Buf w_b, Idx seg_b, Out out_b) {
+  const int64_t edges = seg_b.element_count();
+  const int64_t q_max = out_b->element_count() / (LM * K);
+  const real *rad = rad_b.typed_data(), *y = y_b.typed_data(), *w = w_b.typed_data();
+  const int32_t* seg = seg_b.typed_data();
+  real* out = out_b->typed_data();
+  std::fill(out, out + q_max * LM * K, real(0));
+  // one thread: a scatter; ~LM K multiply-adds per edge, memory-bound on the inputs
+  for (int64_t e = 0; e < edges; ++e) {
+    const int64_t q = seg[e];
+    const real we = w[e];
+    if (q < 0 || q >= q_max || we == 0) continue;
+    real* o = out + q * LM * K;
+    const real* r = rad + e * K;
+    for (int lm = 0; lm < LM; ++lm) {
+      const real c = we * y[e * LM + lm];
+      for (int k = 0; k < K; ++k) o[lm * K + k] += c * r[k];
+    }
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Backward(ffi::ThreadPool pool, Buf rad_b, Buf y_b, Buf w_b, Idx seg_b, Buf g_b,
+                    Out drad_b, Out dy_b, Out dw_b) {
+  const int64_t edges = seg_b.element_count();
+  const int64_t q_max = g_b.element_count() / (LM * K);
+  const real *rad = rad_b.typed_data(), *y = y_b.typed_data(), *w = w_b.typed_data();
+  const real* g = g_b.typed_data();
+  const int32_t* seg = seg_b.typed_data();
+  real *drad = drad_b->typed_data(), *dy = dy_b->typed_data(), *dw = dw_b->typed_data();
+  auto work = [&](int64_t begin, int64_t end) {
+    for (int64_t e = begin; e < end; ++e) {
+      const int64_t q = seg[e];
+      real* dr = drad + e * K;
+      real* dye = dy + e * LM;
+      if (q < 0 || q >= q_max) {
+        std::fill(dr, dr + K, real(0));
+        std::fill(dye, dye + LM, real(0));
+        dw[e] = 0;
+        continue;
+      }
+      const real* gq = g + q * LM * K;
+      const real* r = rad + e * K;
+      const real* ye = y + e * LM;
+      const real we = w[e];
+      real acc[K] = {};
+      real dwe = 0;
+      for (int lm = 0; lm < LM; ++lm) {
+        real d = 0;
+        for (int k = 0; k < K; ++k) {
+          d += gq[lm * K + k] * r[k];
+          acc[k] += gq[lm * K + k] * ye[lm];
+        }
+        dye[lm] = we * d;
+        dwe += ye[lm] * d;
+      }
+      for (int k = 0; k < K; ++k) dr[k] = we * acc[k];
+      dw[e] = dwe;
+    }
+  };
+  // contiguous edge ranges, one per thread of XLA's pool (this thread takes the first)
+  const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), edges / 4096));
+  std::atomic<int64_t> done{0};
+  for (int64_t t = 1; t < tasks; ++t) {
+    pool.Schedule([&, t] {
+      work(edges * t / tasks, edges * (t + 1) / tasks);
+      done.fetch_add(1, std::memory_order_release);
+    });
+  }
+  work(0, edges / tasks);
+  while (done.load(std::memory_order_acquire) < tasks - 1) std::this_thread::yield();
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(e3md_class_sum_fwd, Forward,
+                              ffi::Ffi::Bind()
+                                  .Arg<Buf>()  // rad [E, K]
+                                  .Arg<Buf>()  // y [E, LM]
+                                  .Arg<Buf>()  // w [E]
+                                  .Arg<Idx>()  // seg [E]
+                                  .Ret<Buf>()  // out [Q, LM, K]
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(e3md_class_sum_bwd, Backward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<Buf>()
+                                  .Arg<Buf>()
+                                  .Arg<Buf>()
+                                  .Arg<Idx>()
+                                  .Arg<Buf>()  // g [Q, LM, K]
+                                  .Ret<Buf>()  // drad [E, K]
+                                  .Ret<Buf>()  // dy [E, LM]
+                                  .Ret<Buf>()  // dw [E]
+);
