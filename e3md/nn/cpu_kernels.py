@@ -26,12 +26,14 @@ import contextlib
 import ctypes
 import dataclasses
 import hashlib
+import logging
 import os
 import platform
 import shutil
 import subprocess
 import tempfile
 import threading
+import time
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -49,10 +51,12 @@ __all__ = [
     "xla_only",
 ]
 
+_log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _loaded: dict[str, dict[str, str] | None] = {}
 _warned: set[str] = set()
 _registered: dict[str, ctypes.CDLL] = {}
+build_seconds = 0.0  # time this process spent building kernels (benchmarks report it apart)
 _xla_only = threading.local()
 
 
@@ -267,6 +271,8 @@ def _intact(path: Path) -> bool:
 
 
 def _build(cxx: str, flags: list[str], source: str, path: Path) -> bool:
+    global build_seconds
+    start = time.perf_counter()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
@@ -274,6 +280,7 @@ def _build(cxx: str, flags: list[str], source: str, path: Path) -> bool:
             src.write_text(source)
             built = Path(tmp) / path.name
             cmd = [cxx, *flags, f"-I{jax.ffi.include_dir()}", str(src), "-o", str(built)]
+            _log.info("building e3md's CPU kernel %s (once for this CPU)", path.name)
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 _warn_once(f"{cxx} failed:\n{proc.stderr[-2000:]}")
@@ -287,6 +294,8 @@ def _build(cxx: str, flags: list[str], source: str, path: Path) -> bool:
     except OSError as err:
         _warn_once(f"cannot build in {path.parent}: {err}")
         return False
+    finally:
+        build_seconds += time.perf_counter() - start
 
 
 def _warn_once(reason: str) -> None:

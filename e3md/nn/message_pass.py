@@ -399,7 +399,9 @@ class MessagePass(nn.Module):
             features ``inputs[input_index[j]]``. The same function, computed by summing the
             weighted basis per (receiver, sender class) first and applying filter and product
             per receiver and class: per-edge work O(LMb K) instead of O(LMb F). Needs per-edge
-            scalar ``weights`` (``[E, 1, 1, 1]``) and ``use_basis_bias=False``.
+            scalar ``weights`` (``[E, 1, 1, 1]``) and ``use_basis_bias=False``. With a
+            factored basis on CPU the per-class sums run as a compiled kernel
+            (:func:`e3md.nn.cpu_kernels.class_sum_kernel`; same function).
           symmetric: dense, unbatched lists ``adj_idx[N, M]`` only: promise that the list is
             symmetric -- ``i <- j`` is an edge iff ``j <- i`` is, with equal weights and the
             basis of the reversed vector (``(-1)^l`` times the rows of degree ``l``, true for
@@ -409,7 +411,9 @@ class MessagePass(nn.Module):
             senders' cotangents are sums over their own rows instead of scatters
             (:mod:`e3md.nn.rows`; 2-2.4x faster forward + backward on CPU). The same
             function; reverse-mode only (``jax.grad``/``jax.vjp``, also nested), not
-            ``jax.jvp``. Needs per-edge scalar ``weights`` (``[N, M, 1, 1, 1]``).
+            ``jax.jvp``. Needs per-edge scalar ``weights`` (``[N, M, 1, 1, 1]``). With a
+            factored basis and a FusedTensor in its coupling form, on CPU the rule runs as
+            compiled kernels (:func:`e3md.nn.cpu_kernels.rows_kernel`; same function).
 
         Returns:
           Messages per node.

@@ -28,7 +28,8 @@ backward pass needs, so memory stays O(N + block). The rule is reverse-mode only
 Two implementations of the same rule: :func:`coupling_row_messages` for a factored basis and a
 FusedTensor evaluated as its coupling tensor (the last message pass of the e3md model: every
 step written out, vectorised over the nonzero couplings, minor-axis sums as products with a
-ones vector), and
+ones vector; on CPU compiled kernels, :func:`e3md.nn.cpu_kernels.rows_kernel`, evaluate it and
+this XLA formulation is their derivative), and
 :func:`generic_row_messages` for any filter and product (built from ``jax.vjp`` of the
 per-block function).
 """
