@@ -15,22 +15,14 @@
 // the sum. Compiled in (-D flags): E3MD_REAL, E3MD_DTYPE, E3MD_LM, E3MD_K.
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
-#include <cstring>
-#include <thread>
 
-#include "xla/ffi/api/ffi.h"
-
-namespace ffi = xla::ffi;
+#include "kernel_common.h"
 
 namespace {
 
-using real = E3MD_REAL;
-constexpr ffi::DataType kDtype = ffi::DataType::E3MD_DTYPE;
-using Buf = ffi::Buffer<kDtype>;
-using Out = ffi::ResultBuffer<kDtype>;
-using Idx = ffi::Buffer<ffi::DataType::S32>;
+using namespace e3md;
+
 constexpr int LM = E3MD_LM, K = E3MD_K;
 
 ffi::Error Forward(Buf rad_b, Buf y_b, Buf w_b, Idx seg_b, Out out_b) {
@@ -63,7 +55,7 @@ ffi::Error Backward(ffi::ThreadPool pool, Buf rad_b, Buf y_b, Buf w_b, Idx seg_b
   const real* g = g_b.typed_data();
   const int32_t* seg = seg_b.typed_data();
   real *drad = drad_b->typed_data(), *dy = dy_b->typed_data(), *dw = dw_b->typed_data();
-  auto work = [&](int64_t begin, int64_t end) {
+  parallel_for(pool, edges, 4096, [&](int64_t begin, int64_t end, int64_t) {
     for (int64_t e = begin; e < end; ++e) {
       const int64_t q = seg[e];
       real* dr = drad + e * K;
@@ -92,18 +84,7 @@ ffi::Error Backward(ffi::ThreadPool pool, Buf rad_b, Buf y_b, Buf w_b, Idx seg_b
       for (int k = 0; k < K; ++k) dr[k] = we * acc[k];
       dw[e] = dwe;
     }
-  };
-  // contiguous edge ranges, one per thread of XLA's pool (this thread takes the first)
-  const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), edges / 4096));
-  std::atomic<int64_t> done{0};
-  for (int64_t t = 1; t < tasks; ++t) {
-    pool.Schedule([&, t] {
-      work(edges * t / tasks, edges * (t + 1) / tasks);
-      done.fetch_add(1, std::memory_order_release);
-    });
-  }
-  work(0, edges / tasks);
-  while (done.load(std::memory_order_acquire) < tasks - 1) std::this_thread::yield();
+  });
   return ffi::Error::Success();
 }
 

@@ -51,6 +51,7 @@ __all__ = [
     "xla_only",
 ]
 
+_HEADER = "kernel_common.h"  # included by every *_kernel.cc
 _log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _loaded: dict[str, dict[str, str] | None] = {}
@@ -226,16 +227,18 @@ def _load(name: str, defines: dict, kinds: tuple[str, ...]) -> dict[str, str] | 
     if cxx is None:
         _warn_once("no C++ compiler found (set CXX)")
         return None
-    source = resources.files("e3md.nn").joinpath(f"{name}_kernel.cc").read_text()
+    package = resources.files("e3md.nn")
+    source = package.joinpath(f"{name}_kernel.cc").read_text()
+    header = package.joinpath(_HEADER).read_text()
     flags = ["-O3", "-march=native", "-mprefer-vector-width=512", "-std=c++17", "-shared"]
     flags += ["-fPIC", "-fno-math-errno", "-fopenmp-simd"]
     flags += [f"-D{k}={v}" for k, v in defines.items()]
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     digest = hashlib.sha256(
-        "\0".join([source, *flags, version, jax.lib.__version__, _cpu_id()]).encode()
+        "\0".join([source, header, *flags, version, jax.lib.__version__, _cpu_id()]).encode()
     ).hexdigest()[:16]
     path = _cache_dir() / f"{name}_{digest}.so"
-    if not _intact(path) and not _build(cxx, flags, source, path):
+    if not _intact(path) and not _build(cxx, flags, source, header, path):
         return None
     try:
         lib = ctypes.CDLL(str(path))
@@ -270,7 +273,7 @@ def _intact(path: Path) -> bool:
         return False
 
 
-def _build(cxx: str, flags: list[str], source: str, path: Path) -> bool:
+def _build(cxx: str, flags: list[str], source: str, header: str, path: Path) -> bool:
     global build_seconds
     start = time.perf_counter()
     try:
@@ -278,6 +281,7 @@ def _build(cxx: str, flags: list[str], source: str, path: Path) -> bool:
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
             src = Path(tmp) / "kernel.cc"
             src.write_text(source)
+            (Path(tmp) / _HEADER).write_text(header)
             built = Path(tmp) / path.name
             cmd = [cxx, *flags, f"-I{jax.ffi.include_dir()}", str(src), "-o", str(built)]
             _log.info("building e3md's CPU kernel %s (once for this CPU)", path.name)

@@ -22,23 +22,15 @@
 // E3MD_N3 (filter, input and output rows), E3MD_NNZ and the support E3MD_SI, E3MD_SJ, E3MD_SK.
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <thread>
 #include <vector>
 
-#include "xla/ffi/api/ffi.h"
-
-namespace ffi = xla::ffi;
+#include "kernel_common.h"
 
 namespace {
 
-using real = E3MD_REAL;
-constexpr ffi::DataType kDtype = ffi::DataType::E3MD_DTYPE;
-using Buf = ffi::Buffer<kDtype>;
-using Out = ffi::ResultBuffer<kDtype>;
-using Idx = ffi::Buffer<ffi::DataType::S32>;
+using namespace e3md;
 
 constexpr int F = E3MD_F, K = E3MD_K, L1 = E3MD_L1;
 constexpr int N1 = E3MD_N1, N2 = E3MD_N2, N3 = E3MD_N3, NNZ = E3MD_NNZ;
@@ -66,33 +58,24 @@ constexpr EntryTables kEntry = [] {
   return t;
 }();
 
-// Receivers [begin, end) of a block for each task; blocks are taken dynamically so that a
-// thread slowed by other work does not hold the call up.
-template <class Body>
-void parallel_rows(ffi::ThreadPool& pool, int64_t n, Body body) {
-  constexpr int64_t kBlock = 16;
-  const int64_t blocks = (n + kBlock - 1) / kBlock;
-  const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), blocks));
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
-  auto work = [&](int64_t task) {
-    for (int64_t b = next.fetch_add(1); b < blocks; b = next.fetch_add(1)) {
-      body(b * kBlock, std::min(n, (b + 1) * kBlock), task);
-    }
-  };
-  for (int64_t t = 1; t < tasks; ++t) {
-    pool.Schedule([&, t] {
-      work(t);
-      done.fetch_add(1, std::memory_order_release);
-    });
-  }
-  work(0);
-  while (done.load(std::memory_order_acquire) < tasks - 1) std::this_thread::yield();
-}
+constexpr int64_t kBlock = 16;  // receivers per block of parallel_for
 
-int64_t tasks_for(ffi::ThreadPool& pool, int64_t n) {
-  return std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), (n + 15) / 16));
-}
+// The inputs all three kernels take.
+struct Inputs {
+  int64_t n, m;  // receivers, slots
+  const real *wk, *te, *x, *rad, *y, *w;
+  const int32_t* adj;
+  Inputs(Buf wk_b, Buf te_b, Buf x_b, Buf rad_b, Buf y_b, Buf w_b, Idx adj_b)
+      : n(adj_b.dimensions()[0]),
+        m(adj_b.dimensions()[1]),
+        wk(wk_b.typed_data()),
+        te(te_b.typed_data()),
+        x(x_b.typed_data()),
+        rad(rad_b.typed_data()),
+        y(y_b.typed_data()),
+        w(w_b.typed_data()),
+        adj(adj_b.typed_data()) {}
+};
 
 // r[l][f] = sum_k rad[k] wk[l][k][f]
 inline void radial(const real* rad, const real* wk, real (&r)[L1][F]) {
@@ -122,13 +105,12 @@ inline int64_t sender(const int32_t* adj, int64_t slot, int64_t n) {
 
 ffi::Error Forward(ffi::ThreadPool pool, Buf wk_b, Buf te_b, Buf x_b, Buf rad_b, Buf y_b, Buf w_b,
                    Idx adj_b, Out out_b) {
-  const auto dims = adj_b.dimensions();
-  const int64_t n = dims[0], m = dims[1];
-  const real *wk = wk_b.typed_data(), *te = te_b.typed_data(), *x = x_b.typed_data();
-  const real *rad = rad_b.typed_data(), *y = y_b.typed_data(), *w = w_b.typed_data();
-  const int32_t* adj = adj_b.typed_data();
+  const Inputs in(wk_b, te_b, x_b, rad_b, y_b, w_b, adj_b);
+  const int64_t n = in.n, m = in.m;
+  const real *wk = in.wk, *te = in.te, *x = in.x, *rad = in.rad, *y = in.y, *w = in.w;
+  const int32_t* adj = in.adj;
   real* out = out_b->typed_data();
-  parallel_rows(pool, n, [&](int64_t begin, int64_t end, int64_t) {
+  parallel_for(pool, n, kBlock, [&](int64_t begin, int64_t end, int64_t) {
     alignas(64) real r[L1][F];
     alignas(64) real acc[N3][F];
     for (int64_t a = begin; a < end; ++a) {
@@ -156,12 +138,11 @@ ffi::Error Forward(ffi::ThreadPool pool, Buf wk_b, Buf te_b, Buf x_b, Buf rad_b,
 
 ffi::Error Backward(ffi::ThreadPool pool, Buf wk_b, Buf te_b, Buf x_b, Buf rad_b, Buf y_b, Buf w_b,
                     Idx adj_b, Buf g_b, Out dx_b, Out drad_b, Out dy_b) {
-  const auto dims = adj_b.dimensions();
-  const int64_t n = dims[0], m = dims[1];
-  const real *wk = wk_b.typed_data(), *te = te_b.typed_data(), *x = x_b.typed_data();
-  const real *rad = rad_b.typed_data(), *y = y_b.typed_data(), *w = w_b.typed_data();
+  const Inputs in(wk_b, te_b, x_b, rad_b, y_b, w_b, adj_b);
+  const int64_t n = in.n, m = in.m;
+  const real *wk = in.wk, *te = in.te, *x = in.x, *rad = in.rad, *y = in.y, *w = in.w;
+  const int32_t* adj = in.adj;
   const real* g = g_b.typed_data();
-  const int32_t* adj = adj_b.typed_data();
   real *dx = dx_b->typed_data(), *drad = drad_b->typed_data(), *dy = dy_b->typed_data();
   // wk as [K, L1, F]: the radial cotangent of an edge is then K dot products of length L1 F
   std::vector<real> wkk_v(K * L1 * F);
@@ -169,7 +150,7 @@ ffi::Error Backward(ffi::ThreadPool pool, Buf wk_b, Buf te_b, Buf x_b, Buf rad_b
     for (int k = 0; k < K; ++k)
       std::copy_n(wk + (l * K + k) * F, F, wkk_v.data() + (k * L1 + l) * F);
   const real* wkk = wkk_v.data();
-  parallel_rows(pool, n, [&](int64_t begin, int64_t end, int64_t) {
+  parallel_for(pool, n, kBlock, [&](int64_t begin, int64_t end, int64_t) {
     alignas(64) real r[L1][F];
     alignas(64) real df[N1][F];
     alignas(64) real dr[L1][F];
@@ -224,17 +205,16 @@ ffi::Error Backward(ffi::ThreadPool pool, Buf wk_b, Buf te_b, Buf x_b, Buf rad_b
 
 ffi::Error Grad(ffi::ThreadPool pool, Buf wk_b, Buf te_b, Buf x_b, Buf rad_b, Buf y_b, Buf w_b,
                 Idx adj_b, Buf g_b, Out dwk_b, Out dte_b, Out dw_b) {
-  const auto dims = adj_b.dimensions();
-  const int64_t n = dims[0], m = dims[1];
-  const real *wk = wk_b.typed_data(), *te = te_b.typed_data(), *x = x_b.typed_data();
-  const real *rad = rad_b.typed_data(), *y = y_b.typed_data(), *w = w_b.typed_data();
+  const Inputs in(wk_b, te_b, x_b, rad_b, y_b, w_b, adj_b);
+  const int64_t n = in.n, m = in.m;
+  const real *wk = in.wk, *te = in.te, *x = in.x, *rad = in.rad, *y = in.y, *w = in.w;
+  const int32_t* adj = in.adj;
   const real* g = g_b.typed_data();
-  const int32_t* adj = adj_b.typed_data();
   real* dw = dw_b->typed_data();
   // per-task partial sums of the parameter cotangents, added up at the end
-  const int64_t tasks = tasks_for(pool, n);
+  const int64_t tasks = tasks_for(pool, n, kBlock);
   std::vector<real> dwk_t(tasks * L1 * K * F, 0), dte_t(tasks * NNZ * F, 0);
-  parallel_rows(pool, n, [&](int64_t begin, int64_t end, int64_t task) {
+  parallel_for(pool, n, kBlock, [&](int64_t begin, int64_t end, int64_t task) {
     alignas(64) real r[L1][F];
     alignas(64) real df[N1][F];
     alignas(64) real dr[L1][F];
