@@ -48,6 +48,7 @@ __all__ = [
     "class_sum_kernel",
     "kernels_enabled",
     "rows_kernel",
+    "with_reference_derivative",
     "xla_only",
 ]
 
@@ -123,6 +124,31 @@ class ClassSumKernel:
     def backward(self, rad, y, w, seg, g):
         """``(drad, dy, dw)``."""
         return _call(self.targets["bwd"], _like(rad, y, w), rad, y, w, _int32(seg), g)
+
+
+def with_reference_derivative(forward, backward, reference_backward):
+    """``f(*args) = forward(*args)`` with the reverse-mode rule ``backward(args, g)`` -- the
+    kernels, which JAX cannot differentiate -- whose own derivative is that of
+    ``reference_backward(args, g)``, the same function as JAX operations: second derivatives
+    (parameter gradients of forces) then go through the reference."""
+
+    @jax.custom_vjp
+    def rule(args, g):
+        return backward(args, g)
+
+    def rule_derivative(primals, ct):
+        return jax.vjp(reference_backward, *primals)[1](ct)
+
+    # both forward rules call the function itself, so that an outer derivative takes the
+    # custom rule too instead of differentiating the kernel call
+    rule.defvjp(lambda args, g: (rule(args, g), (args, g)), rule_derivative)
+
+    @jax.custom_vjp
+    def f(*args):
+        return forward(*args)
+
+    f.defvjp(lambda *args: (f(*args), args), rule)
+    return f
 
 
 def _int32(a):
@@ -230,7 +256,9 @@ def _load(name: str, defines: dict, kinds: tuple[str, ...]) -> dict[str, str] | 
     package = resources.files("e3md.nn")
     source = package.joinpath(f"{name}_kernel.cc").read_text()
     header = package.joinpath(_HEADER).read_text()
-    flags = ["-O3", "-march=native", "-mprefer-vector-width=512", "-std=c++17", "-shared"]
+    flags = ["-O3", "-march=native", "-std=c++17", "-shared"]
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        flags.insert(2, "-mprefer-vector-width=512")  # GCC and clang default to 256 bits
     flags += ["-fPIC", "-fno-math-errno", "-fopenmp-simd"]
     flags += [f"-D{k}={v}" for k, v in defines.items()]
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout

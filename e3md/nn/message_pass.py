@@ -203,20 +203,13 @@ def _class_sums(kernel, radial, angular, weights, seg, size):
         _, pull = jax.vjp(lambda *a: xla(*a, seg), *floats)
         return (*pull(g), None)
 
-    @jax.custom_vjp
+    def forward(radial, angular, weights, seg):
+        return kernel.forward(radial, angular, weights, seg, size)
+
     def backward(res, g):
         return (*kernel.backward(*res, g), None)
 
-    backward.defvjp(
-        lambda res, g: (backward(res, g), (res, g)),
-        lambda primals, ct: jax.vjp(xla_backward, *primals)[1](ct),
-    )
-
-    @jax.custom_vjp
-    def sums(radial, angular, weights, seg):
-        return kernel.forward(radial, angular, weights, seg, size)
-
-    sums.defvjp(lambda *args: (sums(*args), args), backward)
+    sums = cpu_kernels.with_reference_derivative(forward, backward, xla_backward)
     return sums(radial, angular, weights, seg)
 
 

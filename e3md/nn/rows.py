@@ -246,32 +246,15 @@ def coupling_row_messages(
         dtype=inputs.dtype,
     )
     if kernel is None:
-        evaluate, derivatives = forward, backward
+        messages = cpu_kernels.with_reference_derivative(forward, backward, backward)
     else:
-        # the compiled CPU kernels; their reverse mode is the XLA backward above, so that
-        # second derivatives (parameter gradients of forces) stay available
-        evaluate = kernel.forward
-
-        @jax.custom_vjp
-        def derivatives(res, gout):
+        # the compiled CPU kernels; the parameter cotangents are a separate call, which XLA
+        # removes where they are unused (MD)
+        def kernel_backward(res, gout):
             dx, drad, dy = kernel.backward(*res, gout)
-            dwk, dte, dw = kernel.grad(*res, gout)  # removed by XLA where unused (MD)
+            dwk, dte, dw = kernel.grad(*res, gout)
             return dwk, dte, dx, drad, dy, dw, None
 
-        derivatives.defvjp(
-            lambda res, gout: (derivatives(res, gout), (res, gout)),
-            lambda primals, ct: jax.vjp(backward, *primals)[1](ct),
-        )
-
-    @jax.custom_vjp
-    def messages(wk, te, x, rad, y, w, adj):
-        return evaluate(wk, te, x, rad, y, w, adj)
-
-    def fwd(*args):
-        # through messages itself, so that an outer derivative (second order) takes this rule
-        # too instead of differentiating the kernel call
-        return messages(*args), args
-
-    messages.defvjp(fwd, derivatives)
+        messages = cpu_kernels.with_reference_derivative(kernel.forward, kernel_backward, backward)
     te = t[i_, j_, k_]  # [nnz, F]
     return messages(wk, te, inputs, radial, angular, weights, adj_idx)
