@@ -57,6 +57,7 @@ gradients (their edge vectors are replaced by a safe constant before any norm is
 """
 
 import functools
+from contextlib import nullcontext
 
 import flax.linen as nn
 import jax
@@ -176,6 +177,7 @@ class EnergyModel(nn.Module):
         symmetric_rows: int | None = None,
     ) -> Float[Array, " N"]:
         import e3md.nn as enn
+        from e3md.nn.cpu_kernels import reverse_mode_only
 
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
@@ -245,16 +247,19 @@ class EnergyModel(nn.Module):
             if t > 0 and symmetric_rows is not None and not self.is_initializing():
                 m = message_pass(x, row_basis, row_weights, **rows)
             else:
-                m = message_pass(
-                    table if t == 0 else x,
-                    basis,
-                    weights,
-                    src_idx=src_c,
-                    dst_idx=dst_c,
-                    num_segments=num_atoms,
-                    edge_chunk=edge_chunk,
-                    input_index=z if t == 0 else None,
-                )
+                # rows of a symmetric list promise reverse mode only: the first pass may use
+                # the CPU kernel for its per-species sums too
+                with reverse_mode_only() if symmetric_rows is not None else nullcontext():
+                    m = message_pass(
+                        table if t == 0 else x,
+                        basis,
+                        weights,
+                        src_idx=src_c,
+                        dst_idx=dst_c,
+                        num_segments=num_atoms,
+                        edge_chunk=edge_chunk,
+                        input_index=z if t == 0 else None,
+                    )
             x = _pad_degree(x, out_degree) + enn.Dense(F, name=f"update_{t}", **kw)(m)
             if cfg.self_product and out_degree > 0:
                 a = enn.Dense(F, name=f"self_a_{t}", **kw)(x)

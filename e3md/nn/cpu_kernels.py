@@ -47,6 +47,7 @@ __all__ = [
     "RowsKernel",
     "class_sum_kernel",
     "kernels_enabled",
+    "reverse_mode_only",
     "rows_kernel",
     "with_reference_derivative",
     "xla_only",
@@ -60,6 +61,7 @@ _warned: set[str] = set()
 _registered: dict[str, ctypes.CDLL] = {}
 build_seconds = 0.0  # time this process spent building kernels (benchmarks report it apart)
 _xla_only = threading.local()
+_reverse_only = threading.local()
 
 
 def kernels_enabled() -> bool:
@@ -85,6 +87,20 @@ def xla_only():
         yield
     finally:
         _xla_only.depth -= 1
+
+
+@contextlib.contextmanager
+def reverse_mode_only():
+    """Let what is traced inside use the kernels of functions whose XLA formulation would also
+    allow forward mode (:func:`class_sum_kernel`): the caller promises reverse-mode
+    derivatives only (``jax.grad``/``jax.vjp``, also nested; no ``jax.jvp``/``jax.hessian``).
+    e3md's model does so where it is given rows of a symmetric list, which already promise it.
+    """
+    _reverse_only.depth = getattr(_reverse_only, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _reverse_only.depth -= 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,9 +224,10 @@ def rows_kernel(
 
 def class_sum_kernel(*, rows: int, radial: int, dtype) -> ClassSumKernel | None:
     """The compiled class-sum kernels for ``rows`` angular rows and ``radial`` functions, or
-    None where they cannot be used."""
+    None where they cannot be used: also outside :func:`reverse_mode_only` (the sums are
+    reverse-mode only with the kernels, forward-mode too without)."""
     real = _real(dtype)
-    if not kernels_enabled() or real is None:
+    if not kernels_enabled() or real is None or not getattr(_reverse_only, "depth", 0):
         return None
     targets = _targets("class_sum", {**real, "E3MD_LM": rows, "E3MD_K": radial}, ("fwd", "bwd"))
     return None if targets is None else ClassSumKernel(targets)

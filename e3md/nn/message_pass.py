@@ -393,8 +393,8 @@ class MessagePass(nn.Module):
             weighted basis per (receiver, sender class) first and applying filter and product
             per receiver and class: per-edge work O(LMb K) instead of O(LMb F). Needs per-edge
             scalar ``weights`` (``[E, 1, 1, 1]``) and ``use_basis_bias=False``. With a
-            factored basis on CPU the per-class sums run as a compiled kernel
-            (:func:`e3md.nn.cpu_kernels.class_sum_kernel`; same function).
+            factored basis on CPU, inside :func:`e3md.nn.cpu_kernels.reverse_mode_only`, the
+            per-class sums run as a compiled kernel (same function, reverse mode only).
           symmetric: dense, unbatched lists ``adj_idx[N, M]`` only: promise that the list is
             symmetric -- ``i <- j`` is an edge iff ``j <- i`` is, with equal weights and the
             basis of the reversed vector (``(-1)^l`` times the rows of degree ``l``, true for
