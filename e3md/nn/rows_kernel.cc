@@ -99,6 +99,22 @@ inline real dot(const real* a, const real* b) {
   return d;
 }
 
+// From the filter rows' cotangent df (without the weight w): the radial part's cotangent
+// dr[l] = w sum_{i of degree l} y[i] df[i], and d[i] = sum_f df[i] r[l(i)] (the angular
+// cotangent is w d[i], the weight's sum_i y[i] d[i]).
+inline void filter_cotangents(const real (&df)[N1][F], const real (&r)[L1][F], const real* ys,
+                              real ws, real (&dr)[L1][F], real (&d)[N1]) {
+  for (int l = 0; l < L1; ++l) {
+    real* drl = dr[l];
+    for (int f = 0; f < F; ++f) drl[f] = 0;
+    for (int i = l * l; i < (l + 1) * (l + 1); ++i) {
+      d[i] = dot(df[i], r[l]);
+      const real c = ws * ys[i];
+      for (int f = 0; f < F; ++f) drl[f] += c * df[i][f];
+    }
+  }
+}
+
 inline int64_t sender(const int32_t* adj, int64_t slot, int64_t n) {
   return std::clamp<int64_t>(adj[slot], 0, n - 1);  // as jnp.take(mode="clip")
 }
@@ -186,15 +202,9 @@ ffi::Error Backward(ffi::ThreadPool pool, Buf wk_b, Buf te_b, Buf x_b, Buf rad_b
             dxa[SJ[e]][f] += c * t[f] * rl[f] * gje[f];
           }
         }
-        for (int l = 0; l < L1; ++l) {
-          real* drl = dr[l];
-          for (int f = 0; f < F; ++f) drl[f] = 0;
-          for (int i = l * l; i < (l + 1) * (l + 1); ++i) {
-            dy[s * N1 + i] = ws * dot(df[i], r[l]);
-            const real c = ws * ys[i];
-            for (int f = 0; f < F; ++f) drl[f] += c * df[i][f];
-          }
-        }
+        real d[N1];
+        filter_cotangents(df, r, ys, ws, dr, d);
+        for (int i = 0; i < N1; ++i) dy[s * N1 + i] = ws * d[i];
         for (int k = 0; k < K; ++k) drad[s * K + k] = dot<L1 * F>(&dr[0][0], wkk + k * L1 * F);
       }
       std::memcpy(dx + a * N2 * F, dxa, sizeof(dxa));
@@ -242,16 +252,10 @@ ffi::Error Grad(ffi::ThreadPool pool, Buf wk_b, Buf te_b, Buf x_b, Buf rad_b, Bu
             dte[e * F + f] += c * rl[f] * p;
           }
         }
+        real d[N1];
+        filter_cotangents(df, r, ys, ws, dr, d);
         real dws = 0;
-        for (int l = 0; l < L1; ++l) {
-          real* drl = dr[l];
-          for (int f = 0; f < F; ++f) drl[f] = 0;
-          for (int i = l * l; i < (l + 1) * (l + 1); ++i) {
-            dws += ys[i] * dot(df[i], r[l]);
-            const real c = ws * ys[i];
-            for (int f = 0; f < F; ++f) drl[f] += c * df[i][f];
-          }
-        }
+        for (int i = 0; i < N1; ++i) dws += ys[i] * d[i];
         dw[s] = dws;
         const real* rs = rad + s * K;
         for (int l = 0; l < L1; ++l) {
