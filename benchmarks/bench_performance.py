@@ -58,6 +58,7 @@ Usage::
     python benchmarks/bench_performance.py --models e3md,nequip --atoms 1536 --sizes medium
     python benchmarks/bench_performance.py --peers-with-e3md-options
     python benchmarks/bench_performance.py --models "e3md,e3md xla-defaults" --large
+    python benchmarks/bench_performance.py --scaling --atoms 192,1536,12288,98304
     python benchmarks/bench_performance.py --models "e3md,e3md sparse" --large
     python benchmarks/bench_performance.py --models "e3md,e3md no-kernels" --atoms 1536
 """
@@ -623,6 +624,35 @@ def run_cell(
     return info, rows
 
 
+def scaling(size: str, atoms: list[int], rounds: int, name: str = "e3md"):
+    """Time per atom of one contender at every atom count, with the rounds interleaved across
+    the atom counts (every system compiled first): a phase change of the machine then hits all
+    counts alike, unlike cells timed one after the other.
+
+    Returns ``(rows, spread)``: rows ``(atoms, median seconds, µs per atom, per atom / median
+    per atom)`` and max/min of the time per atom.
+    """
+    cells = []
+    for n in atoms:
+        system = build_system(n)
+        c = build_contenders(size, [name], system)[0][name]
+        nbrs = c.nbrs(system[4])
+        fn = compile_contender(c, system[3], nbrs)[0]
+        jax.block_until_ready(fn(c.params, system[3], nbrs))
+        cells.append((n, fn, (c.params, system[3], nbrs)))
+    times = {n: [] for n, *_ in cells}
+    for _ in range(rounds):
+        for n, fn, args in cells:
+            jax.block_until_ready(fn(*args))  # untimed first call, as in run_cell
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times[n].append(time.perf_counter() - t0)
+    per_atom = {n: statistics.median(ts) / n for n, ts in times.items()}
+    mid = statistics.median(per_atom.values())
+    rows = [(n, statistics.median(times[n]), 1e6 * per_atom[n], per_atom[n] / mid) for n in atoms]
+    return rows, max(per_atom.values()) / min(per_atom.values())
+
+
 # ----------------------------------------------------------------------------------------------
 # Profile: where e3md's energy+forces time goes
 # ----------------------------------------------------------------------------------------------
@@ -806,6 +836,11 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="also write the raw results to this file")
     ap.add_argument("--profile", action="store_true", help="time e3md's components instead")
     ap.add_argument(
+        "--scaling",
+        action="store_true",
+        help="instead: e3md's time per atom at each --atoms, rounds interleaved across them",
+    )
+    ap.add_argument(
         "--edge-chunk",
         default=str(EDGE_CHUNK),
         help=f"e3md's edges per message-passing block ('none': all at once; default {EDGE_CHUNK})",
@@ -845,6 +880,21 @@ def main(argv=None):
                 for name, tf, tb in parts:
                     print(f"| {name} | {tf:.1f} | {tb:.1f} |", flush=True)
         return parts
+    if args.scaling:
+        out = []
+        for size in sizes:
+            rows, spread = scaling(size, atoms, rounds)
+            print(f"# scaling, {size}, e3md, median of {rounds} rounds interleaved across sizes")
+            print("| atoms | ms per call | µs per atom | per atom / median |")
+            print("|---:|---:|---:|---:|")
+            for n, sec, us, rel in rows:
+                print(f"| {n} | {1e3 * sec:.1f} | {us:.1f} | {rel:.2f} |")
+            print(f"# max / min time per atom: {spread:.2f}", flush=True)
+            out.append(dict(size=size, rows=rows, spread=spread))
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(out, fh, indent=1)
+        return out
     if args.fit_gib:
         fits = []
         for size in sizes:
