@@ -48,7 +48,9 @@ embedding, so its messages are formed per (receiver, sender species) from the su
 edges so that no edge-sized feature tensor is stored (``atomic_energies``; BENCHMARKS.md).
 Given the edges as rows of a full neighbour list (``symmetric_rows``), the later message
 passes differentiate through sums over each atom's own row instead of scatters
-(``MessagePass(symmetric=True)``, :mod:`e3md.nn.rows`).
+(``MessagePass(symmetric=True)``, :mod:`e3md.nn.rows`). That path promises reverse-mode
+derivatives only, so on CPU the edge basis, the first pass's per-species sums and the last
+pass run as e3md's compiled kernels (:mod:`e3md.nn.cpu_kernels`; the same function).
 
 Padding rules: edges with ``edge_mask = False`` or whose endpoints are padded atoms and atoms with
 ``atom_mask = False`` contribute exactly zero (the mask multiplies the gathered sender features,
@@ -155,6 +157,52 @@ def _cutoff_fn(config: ModelConfig):
     return functools.partial(fn, cutoff=config.cutoff)
 
 
+def _edge_basis(config: ModelConfig, r: Array, reverse_only: bool) -> tuple[Array, Array]:
+    """``enn.basis(r, factored=True)`` of the model: ``(g_k u [E, K], Y [E, 1, (L+1)^2])``.
+
+    Where the caller promises reverse-mode derivatives only (``reverse_only``), a Bessel basis
+    runs as e3md's CPU kernel (:func:`e3md.nn.cpu_kernels.basis_kernel`; the same function,
+    one pass over the edges each way), whose own derivative is the XLA formulation's."""
+    import e3md.nn as enn
+    from e3md.nn import cpu_kernels
+
+    def reference(r):
+        radial, angular = enn.basis(
+            r,
+            max_degree=config.max_degree,
+            num=config.num_basis,
+            radial_fn=_radial_fn(config),
+            cutoff_fn=_cutoff_fn(config),
+            factored=True,
+        )
+        return radial, angular[:, 0]
+
+    kernel = None
+    if reverse_only and config.radial_basis == "bessel":
+        with cpu_kernels.reverse_mode_only():
+            kernel = cpu_kernels.basis_kernel(
+                max_degree=config.max_degree,
+                num=config.num_basis,
+                limit=config.cutoff,
+                cutoff=config.cutoff,
+                cutoff_fn=config.cutoff_fn,
+                dtype=r.dtype,
+            )
+    if kernel is None:
+        radial, angular = reference(r)
+    else:
+
+        def backward(args, g):
+            return (kernel.backward(*args, *g),)
+
+        def reference_backward(args, g):
+            return jax.vjp(reference, *args)[1](g)
+
+        fused = cpu_kernels.with_reference_derivative(kernel.forward, backward, reference_backward)
+        radial, angular = fused(r)
+    return radial, angular[:, None, :]
+
+
 class EnergyModel(nn.Module):
     """Flax module computing per-atom energies (eV); see the module docstring for the math.
 
@@ -203,14 +251,7 @@ class EnergyModel(nn.Module):
         # --- edge basis, as its factors g_k u [E, K] and Y_lm [E, 1, (L+1)^2] ----------------
         # (MessagePass contracts the radial factor with its filter weights once per degree,
         # then multiplies by Y: the same function as the [E, 1, (L+1)^2, K] product basis)
-        radial, angular = enn.basis(
-            r_ij,
-            max_degree=L,
-            num=cfg.num_basis,
-            radial_fn=_radial_fn(cfg),
-            cutoff_fn=_cutoff_fn(cfg),
-            factored=True,
-        )
+        radial, angular = _edge_basis(cfg, r_ij, reverse_only=symmetric_rows is not None)
         basis = (radial.astype(dtype), angular.astype(dtype))
         # exact zeros for padded edges; 1/n̄ normalisation folded into the same multiply
         weights = (mask.astype(dtype) / cfg.avg_num_neighbors)[:, None, None, None]

@@ -201,3 +201,67 @@ def test_class_sums_are_the_segment_sum(dtype, rng):
         return jax.grad(lambda w: jnp.sum(c * inner(radial, w)))(w)
 
     np.testing.assert_allclose(second(fused), second(xla), **tol)
+
+
+@pytest.mark.parametrize(
+    "dtype, max_degree, cutoff_fn",  # each configuration is a kernel build (~5 s)
+    [
+        (jnp.float32, 1, "smooth"),
+        (jnp.float64, 2, "cosine"),
+        (jnp.float32, 3, "cosine"),
+        (jnp.float64, 0, "smooth"),
+    ],
+)
+def test_basis_kernel_is_the_model_basis(dtype, max_degree, cutoff_fn, rng):
+    """The edge-basis kernel equals the model's XLA basis (Bessel x cutoff, spherical
+    harmonics): values, the edge-vector cotangent and a second derivative, including a zero
+    vector, a vector below the dtype's tiny, short vectors, vectors at and beyond the cutoff;
+    NaN propagates; outside reverse_mode_only there is no kernel."""
+    from e3md.potentials.config import ModelConfig
+    from e3md.potentials.model import _edge_basis
+
+    config = ModelConfig(species=(1, 8), max_degree=max_degree, cutoff_fn=cutoff_fn, cutoff=4.5)
+    v = rng.normal(size=(203, 3)) * 2.5
+    v[:6] = [[0, 0, 0], [1e-30, 0, 0], [4.5, 0, 0], [1e-3, 2e-3, 0], [0, 0, 4.4999], [0, 7, 1]]
+    v = jnp.asarray(v, dtype)
+    kw = dict(max_degree=max_degree, num=8, limit=4.5, cutoff=4.5, cutoff_fn=cutoff_fn)
+    assert cpu_kernels.basis_kernel(**kw, dtype=dtype) is None  # forward mode allowed
+
+    def xla(v):
+        return _edge_basis(config, v, reverse_only=False)
+
+    def fused(v):
+        with cpu_kernels.reverse_mode_only():
+            return _edge_basis(config, v, reverse_only=True)
+
+    assert "ffi_call" in str(jax.make_jaxpr(fused)(v))
+    assert "ffi_call" not in str(jax.make_jaxpr(xla)(v))
+    # the kernel computes in float64 for both dtypes: compared with the float64 reference
+    # (the float32 XLA basis is less accurate for short vectors, e.g. 3e-5 at 2e-3 Å)
+    tol = dict(rtol=2e-6, atol=2e-6) if dtype == jnp.float32 else dict(rtol=1e-12, atol=1e-12)
+    ct = tuple(jnp.asarray(rng.normal(size=a.shape), dtype) for a in xla(v))
+    # (row 1 is below float32's tiny, so not normalised in float32: its own dtype's reference)
+    out, pull = jax.vjp(fused, v)
+    (dv,) = pull(ct)
+    for ref_dtype, rows_ in ((jnp.float64, np.arange(len(v)) != 1), (dtype, np.array([1]))):
+        out_ref, pull_ref = jax.vjp(xla, v.astype(ref_dtype))
+        for a, b in zip(out, out_ref, strict=True):
+            assert a.dtype == dtype
+            np.testing.assert_allclose(a[rows_], b[rows_], **tol)
+        (dv_ref,) = pull_ref(tuple(g.astype(ref_dtype) for g in ct))
+        scale = np.abs(np.asarray(dv_ref)).max(axis=1, keepdims=True) + 1  # 1/r grows near 0
+        np.testing.assert_allclose((dv / scale)[rows_], (dv_ref / scale)[rows_], **tol)
+    tol = dict(rtol=2e-5, atol=2e-5) if dtype == jnp.float32 else tol
+
+    c = jnp.asarray(rng.normal(size=v.shape), dtype)[6:]
+    g2 = tuple(g[6:] for g in ct)
+
+    def second(f):  # d/dv of <c, d<ct, f>/dv>, through the reference rule for the kernel
+        inner = jax.grad(lambda v: sum(jnp.sum(g * o) for g, o in zip(g2, f(v), strict=True)))
+        return jax.grad(lambda v: jnp.sum(c * inner(v)))(v[6:])  # not at r = 0 (NaN there)
+
+    np.testing.assert_allclose(second(fused), second(xla), **tol)
+
+    with jax.debug_nans(False):
+        radial = np.asarray(fused(v.at[7, 0].set(jnp.nan))[0])
+    assert np.isnan(radial[7]).all() and np.isfinite(radial[8]).all()

@@ -5,6 +5,8 @@
   parameter cotangents (``rows_kernel.cc``).
 - :func:`class_sum_kernel`: the per-(receiver, sender class) basis sums of the first message
   pass (``MessagePass(input_index=...)``) and their cotangents (``class_sum_kernel.cc``).
+- :func:`basis_kernel`: the model's edge basis (Bessel functions times the cutoff, spherical
+  harmonics) from the edge vectors, and the edge vectors' cotangent (``basis_kernel.cc``).
 
 Each C++ source is compiled with the configuration's sizes (and couplings) as constants, by
 the system's C++ compiler (``$CXX``, else ``c++``/``g++``/``clang++``), for this machine's CPU
@@ -43,8 +45,10 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "BasisKernel",
     "ClassSumKernel",
     "RowsKernel",
+    "basis_kernel",
     "class_sum_kernel",
     "kernels_enabled",
     "reverse_mode_only",
@@ -92,8 +96,9 @@ def xla_only():
 @contextlib.contextmanager
 def reverse_mode_only():
     """Let what is traced inside use the kernels of functions whose XLA formulation would also
-    allow forward mode (:func:`class_sum_kernel`): the caller promises reverse-mode
-    derivatives only (``jax.grad``/``jax.vjp``, also nested; no ``jax.jvp``/``jax.hessian``).
+    allow forward mode (:func:`class_sum_kernel`, :func:`basis_kernel`): the caller promises
+    reverse-mode derivatives only (``jax.grad``/``jax.vjp``, also nested; no
+    ``jax.jvp``/``jax.hessian``).
     e3md's model does so where it is given rows of a symmetric list, which already promise it.
     """
     _reverse_only.depth = getattr(_reverse_only, "depth", 0) + 1
@@ -140,6 +145,24 @@ class ClassSumKernel:
     def backward(self, rad, y, w, seg, g):
         """``(drad, dy, dw)``."""
         return _call(self.targets["bwd"], _like(rad, y, w), rad, y, w, _int32(seg), g)
+
+
+@dataclasses.dataclass(frozen=True)
+class BasisKernel:
+    """The two FFI targets of the edge basis; see ``basis_kernel.cc`` for the math."""
+
+    targets: dict[str, str]
+    num: int
+    rows: int
+
+    def forward(self, v):
+        """``(radial [E, K], angular [E, (L+1)^2])`` from edge vectors ``v [E, 3]`` (Å)."""
+        outs = tuple(jax.ShapeDtypeStruct((v.shape[0], n), v.dtype) for n in (self.num, self.rows))
+        return _call(self.targets["fwd"], outs, v)
+
+    def backward(self, v, dradial, dangular):
+        """``dv [E, 3]``."""
+        return _call(self.targets["bwd"], _like(v), v, dradial, dangular)[0]
 
 
 def with_reference_derivative(forward, backward, reference_backward):
@@ -231,6 +254,38 @@ def class_sum_kernel(*, rows: int, radial: int, dtype) -> ClassSumKernel | None:
         return None
     targets = _targets("class_sum", {**real, "E3MD_LM": rows, "E3MD_K": radial}, ("fwd", "bwd"))
     return None if targets is None else ClassSumKernel(targets)
+
+
+def basis_kernel(
+    *, max_degree: int, num: int, limit: float, cutoff: float, cutoff_fn: str, dtype
+) -> BasisKernel | None:
+    """The compiled edge-basis kernels: the Bessel radial basis (``num`` functions on
+    ``[0, limit]`` Å) times the ``cutoff_fn`` (``"smooth"`` or ``"cosine"``, radius ``cutoff``
+    Å), and the Racah-normalised real spherical harmonics up to ``max_degree`` in e3x's
+    Cartesian order -- :func:`e3md.nn.basis` with ``factored=True``. None where they cannot be
+    used, also outside :func:`reverse_mode_only` (as :func:`class_sum_kernel`)."""
+    from e3md.so3._common import cartesian_permutation
+    from e3md.so3.harmonics import _normalization_factors
+
+    real = _real(dtype)
+    if not kernels_enabled() or real is None or not getattr(_reverse_only, "depth", 0):
+        return None
+    if cutoff_fn not in ("smooth", "cosine"):
+        raise ValueError(f"no basis kernel for the cutoff {cutoff_fn!r}")
+    perm = cartesian_permutation(max_degree)
+    norm = _normalization_factors(max_degree, "racah")[perm]
+    defines = {
+        **real,
+        "E3MD_L": max_degree,
+        "E3MD_K": num,
+        "E3MD_LIMIT": repr(float(limit)),
+        "E3MD_RC": repr(float(cutoff)),
+        "E3MD_COSINE": int(cutoff_fn == "cosine"),
+        "E3MD_YNORM": ",".join(repr(float(c)) for c in norm),
+        "E3MD_YPERM": ",".join(str(int(i)) for i in perm),
+    }
+    targets = _targets("basis", defines, ("fwd", "bwd"))
+    return None if targets is None else BasisKernel(targets, num, (max_degree + 1) ** 2)
 
 
 def _targets(name: str, defines: dict, kinds: tuple[str, ...]) -> dict[str, str] | None:
