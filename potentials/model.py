@@ -157,12 +157,12 @@ def _cutoff_fn(config: ModelConfig):
     return functools.partial(fn, cutoff=config.cutoff)
 
 
-def _edge_basis(config: ModelConfig, r: Array, reverse_only: bool) -> tuple[Array, Array]:
+def _edge_basis(config: ModelConfig, r: Array) -> tuple[Array, Array]:
     """``enn.basis(r, factored=True)`` of the model: ``(g_k u [E, K], Y [E, 1, (L+1)^2])``.
 
-    Where the caller promises reverse-mode derivatives only (``reverse_only``), a Bessel basis
-    runs as e3md's CPU kernel (:func:`e3md.nn.cpu_kernels.basis_kernel`; the same function,
-    one pass over the edges each way), whose own derivative is the XLA formulation's."""
+    Inside :func:`e3md.nn.cpu_kernels.reverse_mode_only`, a Bessel basis runs as e3md's CPU
+    kernel (:func:`e3md.nn.cpu_kernels.basis_kernel`; the same function, one pass over the
+    edges each way), whose own derivative is the XLA formulation's."""
     import e3md.nn as enn
     from e3md.nn import cpu_kernels
 
@@ -178,16 +178,15 @@ def _edge_basis(config: ModelConfig, r: Array, reverse_only: bool) -> tuple[Arra
         return radial, angular[:, 0]
 
     kernel = None
-    if reverse_only and config.radial_basis == "bessel":
-        with cpu_kernels.reverse_mode_only():
-            kernel = cpu_kernels.basis_kernel(
-                max_degree=config.max_degree,
-                num=config.num_basis,
-                limit=config.cutoff,
-                cutoff=config.cutoff,
-                cutoff_fn=config.cutoff_fn,
-                dtype=r.dtype,
-            )
+    if config.radial_basis == "bessel":
+        kernel = cpu_kernels.basis_kernel(
+            max_degree=config.max_degree,
+            num=config.num_basis,
+            limit=config.cutoff,
+            cutoff=config.cutoff,
+            cutoff_fn=config.cutoff_fn,
+            dtype=r.dtype,
+        )
     if kernel is None:
         radial, angular = reference(r)
     else:
@@ -251,7 +250,11 @@ class EnergyModel(nn.Module):
         # --- edge basis, as its factors g_k u [E, K] and Y_lm [E, 1, (L+1)^2] ----------------
         # (MessagePass contracts the radial factor with its filter weights once per degree,
         # then multiplies by Y: the same function as the [E, 1, (L+1)^2, K] product basis)
-        radial, angular = _edge_basis(cfg, r_ij, reverse_only=symmetric_rows is not None)
+        # rows of a symmetric list promise reverse mode only: the basis and the first pass's
+        # per-species sums may then use e3md's CPU kernels
+        promise = reverse_mode_only if symmetric_rows is not None else nullcontext
+        with promise():
+            radial, angular = _edge_basis(cfg, r_ij)
         basis = (radial.astype(dtype), angular.astype(dtype))
         # exact zeros for padded edges; 1/n̄ normalisation folded into the same multiply
         weights = (mask.astype(dtype) / cfg.avg_num_neighbors)[:, None, None, None]
@@ -288,9 +291,7 @@ class EnergyModel(nn.Module):
             if t > 0 and symmetric_rows is not None and not self.is_initializing():
                 m = message_pass(x, row_basis, row_weights, **rows)
             else:
-                # rows of a symmetric list promise reverse mode only: the first pass may use
-                # the CPU kernel for its per-species sums too
-                with reverse_mode_only() if symmetric_rows is not None else nullcontext():
+                with promise():
                     m = message_pass(
                         table if t == 0 else x,
                         basis,

@@ -228,11 +228,11 @@ def test_basis_kernel_is_the_model_basis(dtype, max_degree, cutoff_fn, rng):
     assert cpu_kernels.basis_kernel(**kw, dtype=dtype) is None  # forward mode allowed
 
     def xla(v):
-        return _edge_basis(config, v, reverse_only=False)
+        return _edge_basis(config, v)
 
     def fused(v):
         with cpu_kernels.reverse_mode_only():
-            return _edge_basis(config, v, reverse_only=True)
+            return _edge_basis(config, v)
 
     assert "ffi_call" in str(jax.make_jaxpr(fused)(v))
     assert "ffi_call" not in str(jax.make_jaxpr(xla)(v))

@@ -164,11 +164,12 @@ inline V exp_nonpositive(V a) {
   return a < -700 ? V{} : p * (V)bits;
 }
 
-// g_k(r) c(r) and, with kSlope, its derivative in r (NaN in, NaN out).
+// g_k(r) c(r) and, with kSlope, its derivative in r (NaN in, NaN out); inv_r = 1/r (0 at 0).
 template <bool kSlope>
-inline void radial(V r, V* g, V* slope) {
+inline void radial(V r, V inv_r, V* g, V* slope) {
   const auto inside = (r <= kLimit) & (r < kRc);
-  const V ri = inside ? r : splat(0.5 * (kLimit < kRc ? kLimit : kRc));  // safe outside
+  constexpr double kSafe = 0.5 * (kLimit < kRc ? kLimit : kRc);  // a safe r outside
+  const V ri = inside ? r : splat(kSafe);
   const V d = ri * (1 / kRc);
   V cut, dcut;
   if (E3MD_COSINE) {
@@ -187,7 +188,7 @@ inline void radial(V r, V* g, V* slope) {
   sincos_0_pi(w * ri, s1, c1);
   V sk = s1, ck = c1;                         // sin, cos of (k+1) w r
   const V outside = r == r ? V{} : r;         // 0, or NaN for NaN
-  const V inv_r = 1.0 / ri;                   // inf at r = 0, where the series is used
+  inv_r = inside ? inv_r : splat(1 / kSafe);  // at r = 0 the series is used
   for (int k = 0; k < K; ++k) {
     const double f = w * (k + 1);
     const V a = f * ri, a2 = a * a;
@@ -215,9 +216,10 @@ inline Geometry geometry(const V* v) {
   Geometry g;
   g.r = vsqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]);
   g.unit = g.r * g.r > double(std::numeric_limits<real>::min());
-  const V scale = g.unit ? 1.0 / g.r : splat(1);
+  const V rec = 1.0 / g.r;  // inf at r = 0, selected away
+  const V scale = g.unit ? rec : splat(1);
   for (int j = 0; j < 3; ++j) g.u[j] = v[j] * scale;
-  g.inv = g.r > 0 ? 1.0 / g.r : V{};
+  g.inv = g.r > 0 ? rec : V{};
   return g;
 }
 
@@ -247,7 +249,7 @@ void forward_batch(const real* v, real* rad, real* y, int n) {
   V vc[3], g[K], t[LM], yv[LM];
   load<3>(v, n, vc);
   const Geometry geo = geometry(vc);
-  radial<false>(geo.r, g, nullptr);
+  radial<false>(geo.r, geo.inv, g, nullptr);
   solid_harmonics<V>(geo.u[0], geo.u[1], geo.u[2], t);
   for (int i = 0; i < LM; ++i) yv[i] = kYNorm[i] * t[kYPerm[i]];
   store<K>(g, n, rad);
@@ -261,7 +263,7 @@ void backward_batch(const real* v, const real* drad, const real* dy, real* dv, i
   load<LM>(dy, n, cy);
   for (int i = 0; i < LM; ++i) cy[i] *= kYNorm[i];
   const Geometry geo = geometry(vc);
-  radial<true>(geo.r, g, slope);
+  radial<true>(geo.r, geo.inv, g, slope);
   V dr = V{};
   for (int k = 0; k < K; ++k) dr += cr[k] * slope[k];
   const V one = splat(1), zero = V{};
