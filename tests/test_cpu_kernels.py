@@ -22,7 +22,7 @@ def _support(l_filter, l_in, l_out):
     return np.argwhere(_coupling_support(1, 1, l_filter, l_in, l_out, False, False))
 
 
-def _inputs(rng, dtype, l_filter, l_in, l_out):
+def _inputs(rng, dtype, l_filter, l_in, l_out, F=F):
     support = _support(l_filter, l_in, l_out)
     n1, n2, n3 = (l_filter + 1) ** 2, (l_in + 1) ** 2, (l_out + 1) ** 2
 
@@ -69,10 +69,10 @@ def _vjp(f, args, ct, xla):
     "degrees",
     [(1, 1, 0), (2, 2, 0), (1, 1, 1), (2, 1, 2)],  # e3md's last pass (small, medium), L > 0 out
 )
-def test_kernels_are_the_rule(degrees, dtype, rng):
+def test_kernels_are_the_rule(degrees, dtype, rng, features=F):
     """Values and every cotangent (features, radial and angular basis, weights, filter weights,
     coupling tensor) equal the XLA rule's, padding slots and clipped senders included."""
-    support, args, adj, ct = _inputs(rng, dtype, *degrees)
+    support, args, adj, ct = _inputs(rng, dtype, *degrees, F=features)
     f = _messages(support, adj)
     assert "ffi_call" in str(jax.make_jaxpr(f)(*args.values()))
     with cpu_kernels.xla_only():  # a new function: make_jaxpr caches traces per function
@@ -85,6 +85,14 @@ def test_kernels_are_the_rule(degrees, dtype, rng):
     for name, a, b in zip(args, grads, grads_ref, strict=True):
         assert a.dtype == dtype, name
         np.testing.assert_allclose(a, b, **tol, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("features", [32, 5])
+def test_kernels_at_other_widths(features, dtype, rng):
+    """The backward kernel works on vectors of the widest lane count that divides F (16 float32
+    lanes at F = 32, one at F = 5): the same rule at those widths."""
+    test_kernels_are_the_rule((1, 1, 0), dtype, rng, features=features)
 
 
 def test_second_order_through_the_kernels(rng):

@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "kernel_common.h"
@@ -77,46 +78,63 @@ struct Inputs {
         adj(adj_b.typed_data()) {}
 };
 
-// r[l][f] = sum_k rad[k] wk[l][k][f]
-inline void radial(const real* rad, const real* wk, real (&r)[L1][F]) {
-  for (int l = 0; l < L1; ++l) {
-    for (int f = 0; f < F; ++f) r[l][f] = 0;
-    for (int k = 0; k < K; ++k) {
-      const real a = rad[k];
-      const real* wl = wk + (l * K + k) * F;
-      for (int f = 0; f < F; ++f) r[l][f] += a * wl[f];
-    }
-  }
-}
-
-// sum_f a[f] b[f] over n entries, vectorised (a reduction the compiler may reorder:
-// -fopenmp-simd)
-template <int n = F>
-inline real dot(const real* a, const real* b) {
-  real d = 0;
-#pragma omp simd reduction(+ : d)
-  for (int f = 0; f < n; ++f) d += a[f] * b[f];
-  return d;
-}
-
-// From the filter rows' cotangent df (without the weight w): the radial part's cotangent
-// dr[l] = w sum_{i of degree l} y[i] df[i], and d[i] = sum_f df[i] r[l(i)] (the angular
-// cotangent is w d[i], the weight's sum_i y[i] d[i]).
-inline void filter_cotangents(const real (&df)[N1][F], const real (&r)[L1][F], const real* ys,
-                              real ws, real (&dr)[L1][F], real (&d)[N1]) {
-  for (int l = 0; l < L1; ++l) {
-    real* drl = dr[l];
-    for (int f = 0; f < F; ++f) drl[f] = 0;
-    for (int i = l * l; i < (l + 1) * (l + 1); ++i) {
-      d[i] = dot(df[i], r[l]);
-      const real c = ws * ys[i];
-      for (int f = 0; f < F; ++f) drl[f] += c * df[i][f];
-    }
-  }
-}
-
 inline int64_t sender(const int32_t* adj, int64_t slot, int64_t n) {
   return std::clamp<int64_t>(adj[slot], 0, n - 1);  // as jnp.take(mode="clip")
+}
+
+// The kernels work on explicit vectors of kW features (GCC/clang vector types, so nothing
+// depends on the auto-vectoriser). Per edge the backward needs N1 + K sums over the features (dy
+// and drad): one horizontal sum each is a chain of shuffles, so they are summed together by a
+// transposing tree (reduce_lanes), about 3 instructions per input vector; as separate
+// reductions they made the backward 5-6x the forward (BENCHMARKS.md, session 13).
+constexpr int kW = [] {  // lanes: the widest vector of at most 64 bytes whose lanes divide F
+  int w = 64 / int(sizeof(real));
+  while (w > 1 && F % w) w /= 2;
+  return w;
+}();
+constexpr int NC = F / kW;  // vectors per feature row
+typedef real V __attribute__((vector_size(kW * sizeof(real))));
+
+inline V load(const real* p) {
+  V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// Output lane p of fold<g>(a, b): inputs hold kW / g sums of g lanes each (a's, then b's in the
+// output); each output sum has g / 2 lanes, the first half of its input lanes plus the second.
+constexpr int fold_index(int g, int p) {
+  const int half = g / 2, groups = kW / g, group = p / half;
+  return (group < groups ? 0 : kW) + (group % groups) * g + p % half;
+}
+template <int g, std::size_t... P>
+inline V fold(V a, V b, std::index_sequence<P...>) {
+  return __builtin_shufflevector(a, b, fold_index(g, P)...) +
+         __builtin_shufflevector(a, b, (fold_index(g, P) + g / 2)...);
+}
+// v[0..n) hold sums of g lanes each; afterwards lane p of v[q] is the whole sum of input
+// q * kW + p.
+template <int g, int n>
+inline void reduce_lanes(V* v) {
+  if constexpr (g > 1) {
+    constexpr int m = (n + 1) / 2;
+#pragma GCC unroll 64
+    for (int q = 0; q < m; ++q) {
+      v[q] = fold<g>(v[2 * q], 2 * q + 1 < n ? v[2 * q + 1] : V{}, std::make_index_sequence<kW>{});
+    }
+    reduce_lanes<g / 2, m>(v);
+  }
+}
+
+// r[l] = sum_k rad[k] wk[l][k], as vectors
+inline void radial(const real* rad, const real* wk, V (&r)[L1][NC]) {
+  for (int l = 0; l < L1; ++l) {
+    for (int c = 0; c < NC; ++c) {
+      V acc = rad[0] * load(wk + l * K * F + c * kW);
+      for (int k = 1; k < K; ++k) acc += rad[k] * load(wk + (l * K + k) * F + c * kW);
+      r[l][c] = acc;
+    }
+  }
 }
 
 ffi::Error Forward(ffi::ThreadPool pool, Buf wk_b, Buf te_b, Buf x_b, Buf rad_b, Buf y_b, Buf w_b,
@@ -127,8 +145,7 @@ ffi::Error Forward(ffi::ThreadPool pool, Buf wk_b, Buf te_b, Buf x_b, Buf rad_b,
   const int32_t* adj = in.adj;
   real* out = out_b->typed_data();
   parallel_for(pool, n, kBlock, [&](int64_t begin, int64_t end, int64_t) {
-    alignas(64) real r[L1][F];
-    alignas(64) real acc[N3][F];
+    V r[L1][NC], acc[N3][NC];
     for (int64_t a = begin; a < end; ++a) {
       std::memset(acc, 0, sizeof(acc));
       for (int64_t s = a * m; s < (a + 1) * m; ++s) {
@@ -139,11 +156,11 @@ ffi::Error Forward(ffi::ThreadPool pool, Buf wk_b, Buf te_b, Buf x_b, Buf rad_b,
         radial(rad + s * K, wk, r);
 #pragma GCC unroll 64
         for (int e = 0; e < NNZ; ++e) {
-          const real c = ws * ys[SI[e]];
-          const real* rl = r[kEntry.deg[e]];
-          const real* xe = xj + SJ[e] * F;
-          const real* t = te + e * F;
-          for (int f = 0; f < F; ++f) acc[SK[e]][f] += c * t[f] * rl[f] * xe[f];
+          const real coef = ws * ys[SI[e]];
+          for (int c = 0; c < NC; ++c) {
+            const V tr = load(te + e * F + c * kW) * r[kEntry.deg[e]][c];
+            acc[SK[e]][c] += coef * tr * load(xj + SJ[e] * F + c * kW);
+          }
         }
       }
       std::memcpy(out + a * N3 * F, acc, sizeof(acc));
@@ -160,20 +177,15 @@ ffi::Error Backward(ffi::ThreadPool pool, Buf wk_b, Buf te_b, Buf x_b, Buf rad_b
   const int32_t* adj = in.adj;
   const real* g = g_b.typed_data();
   real *dx = dx_b->typed_data(), *drad = drad_b->typed_data(), *dy = dy_b->typed_data();
-  // wk as [K, L1, F]: the radial cotangent of an edge is then K dot products of length L1 F
-  std::vector<real> wkk_v(K * L1 * F);
-  for (int l = 0; l < L1; ++l)
-    for (int k = 0; k < K; ++k)
-      std::copy_n(wk + (l * K + k) * F, F, wkk_v.data() + (k * L1 + l) * F);
-  const real* wkk = wkk_v.data();
+  constexpr int NR = N1 + K;  // sums per edge: dy (N1), then drad (K)
   parallel_for(pool, n, kBlock, [&](int64_t begin, int64_t end, int64_t) {
-    alignas(64) real r[L1][F];
-    alignas(64) real df[N1][F];
-    alignas(64) real dr[L1][F];
-    alignas(64) real dxa[N2][F];
+    V tg[NNZ][NC], r[L1][NC], df[N1][NC], dxa[N2][NC], red[NR];
     for (int64_t a = begin; a < end; ++a) {
+      const real* ga = g + a * N3 * F;
+      for (int e = 0; e < NNZ; ++e) {
+        for (int c = 0; c < NC; ++c) tg[e][c] = load(te + e * F + c * kW) * load(ga + SK[e] * F + c * kW);
+      }
       std::memset(dxa, 0, sizeof(dxa));
-      const real* gi = g + a * N3 * F;
       for (int64_t s = a * m; s < (a + 1) * m; ++s) {
         const real ws = w[s];
         if (ws == 0) {
@@ -185,27 +197,41 @@ ffi::Error Backward(ffi::ThreadPool pool, Buf wk_b, Buf te_b, Buf x_b, Buf rad_b
         const real* xj = x + j * N2 * F;
         const real* gj = g + j * N3 * F;
         const real* ys = y + s * N1;
-        radial(rad + s * K, wk, r);
+        const real* rs = rad + s * K;
+        radial(rs, wk, r);
         std::memset(df, 0, sizeof(df));
 #pragma GCC unroll 64
         for (int e = 0; e < NNZ; ++e) {
-          const int i = SI[e];
-          const real* rl = r[kEntry.deg[e]];
-          const real* t = te + e * F;
-          const real* xe = xj + SJ[e] * F;
-          const real* ge = gi + SK[e] * F;
-          const real* gje = gj + SK[e] * F;
-          // the sender side: this atom's reversed edge, filter signed by (-1)^l
-          const real c = kEntry.sign[e] * ws * ys[i];
-          for (int f = 0; f < F; ++f) {
-            df[i][f] += t[f] * xe[f] * ge[f];
-            dxa[SJ[e]][f] += c * t[f] * rl[f] * gje[f];
+          // the receiver side: d out / d filter; the sender side: this atom's reversed edge,
+          // filter signed by (-1)^l
+          const real coef = kEntry.sign[e] * ws * ys[SI[e]];
+          for (int c = 0; c < NC; ++c) {
+            df[SI[e]][c] += tg[e][c] * load(xj + SJ[e] * F + c * kW);
+            const V tr = load(te + e * F + c * kW) * r[kEntry.deg[e]][c];
+            dxa[SJ[e]][c] += coef * tr * load(gj + SK[e] * F + c * kW);
           }
         }
-        real d[N1];
-        filter_cotangents(df, r, ys, ws, dr, d);
-        for (int i = 0; i < N1; ++i) dy[s * N1 + i] = ws * d[i];
-        for (int k = 0; k < K; ++k) drad[s * K + k] = dot<L1 * F>(&dr[0][0], wkk + k * L1 * F);
+        // dy[i] = ws sum_f df[i] r[l(i)];  drad[k] = sum_{l, f} dr[l] wk[l, k],
+        // dr[l] = ws sum_{i of degree l} y[i] df[i]
+        for (int l = 0; l < L1; ++l) {
+          V dr[NC] = {};
+          for (int i = l * l; i < (l + 1) * (l + 1); ++i) {
+            V acc = df[i][0] * r[l][0];
+            for (int c = 1; c < NC; ++c) acc += df[i][c] * r[l][c];
+            red[i] = ws * acc;
+            for (int c = 0; c < NC; ++c) dr[c] += (ws * ys[i]) * df[i][c];
+          }
+          for (int k = 0; k < K; ++k) {
+            V acc = dr[0] * load(wk + (l * K + k) * F);
+            for (int c = 1; c < NC; ++c) acc += dr[c] * load(wk + (l * K + k) * F + c * kW);
+            red[N1 + k] = l ? red[N1 + k] + acc : acc;
+          }
+        }
+        reduce_lanes<kW, NR>(red);
+        real sums[(NR + kW - 1) / kW * kW];
+        std::memcpy(sums, red, sizeof(sums));
+        std::copy_n(sums, N1, dy + s * N1);
+        std::copy_n(sums + N1, K, drad + s * K);
       }
       std::memcpy(dx + a * N2 * F, dxa, sizeof(dxa));
     }
@@ -225,47 +251,47 @@ ffi::Error Grad(ffi::ThreadPool pool, Buf wk_b, Buf te_b, Buf x_b, Buf rad_b, Bu
   const int64_t tasks = tasks_for(pool, n, kBlock);
   std::vector<real> dwk_t(tasks * L1 * K * F, 0), dte_t(tasks * NNZ * F, 0);
   parallel_for(pool, n, kBlock, [&](int64_t begin, int64_t end, int64_t task) {
-    alignas(64) real r[L1][F];
-    alignas(64) real df[N1][F];
-    alignas(64) real dr[L1][F];
-    real* dwk = dwk_t.data() + task * L1 * K * F;
-    real* dte = dte_t.data() + task * NNZ * F;
+    V r[L1][NC], df[N1][NC], dwk[L1][K][NC] = {}, dte[NNZ][NC] = {};
     for (int64_t a = begin; a < end; ++a) {
-      const real* gi = g + a * N3 * F;
+      const real* ga = g + a * N3 * F;
       for (int64_t s = a * m; s < (a + 1) * m; ++s) {
         const real ws = w[s];
         const real* xj = x + sender(adj, s, n) * N2 * F;
         const real* ys = y + s * N1;
-        radial(rad + s * K, wk, r);
+        const real* rs = rad + s * K;
+        radial(rs, wk, r);
         std::memset(df, 0, sizeof(df));
 #pragma GCC unroll 64
         for (int e = 0; e < NNZ; ++e) {
-          const int i = SI[e];
-          const real* rl = r[kEntry.deg[e]];
-          const real* t = te + e * F;
-          const real* xe = xj + SJ[e] * F;
-          const real* ge = gi + SK[e] * F;
-          const real c = ws * ys[i];
-          for (int f = 0; f < F; ++f) {
-            const real p = xe[f] * ge[f];
-            df[i][f] += t[f] * p;
-            dte[e * F + f] += c * rl[f] * p;
+          const real coef = ws * ys[SI[e]];
+          for (int c = 0; c < NC; ++c) {
+            const V p = load(xj + SJ[e] * F + c * kW) * load(ga + SK[e] * F + c * kW);
+            df[SI[e]][c] += load(te + e * F + c * kW) * p;
+            dte[e][c] += coef * r[kEntry.deg[e]][c] * p;
           }
         }
-        real d[N1];
-        filter_cotangents(df, r, ys, ws, dr, d);
-        real dws = 0;
-        for (int i = 0; i < N1; ++i) dws += ys[i] * d[i];
-        dw[s] = dws;
-        const real* rs = rad + s * K;
+        // dw = sum_{i, f} y[i] df[i] r[l(i)];  dwk[l, k] += rad[k] dr[l],
+        // dr[l] = ws sum_{i of degree l} y[i] df[i]
+        V dws = {};
         for (int l = 0; l < L1; ++l) {
-          for (int k = 0; k < K; ++k) {
-            real* out = dwk + (l * K + k) * F;
-            for (int f = 0; f < F; ++f) out[f] += rs[k] * dr[l][f];
+          for (int c = 0; c < NC; ++c) {
+            V yd = {};
+            for (int i = l * l; i < (l + 1) * (l + 1); ++i) yd += ys[i] * df[i][c];
+            dws += yd * r[l][c];
+            for (int k = 0; k < K; ++k) dwk[l][k][c] += (ws * rs[k]) * yd;
           }
         }
+        reduce_lanes<kW, 1>(&dws);
+        dw[s] = dws[0];
       }
     }
+    // this block's parameter cotangents, into the task's partial sums
+    real* dwk_task = dwk_t.data() + task * L1 * K * F;
+    real* dte_task = dte_t.data() + task * NNZ * F;
+    const real* dwk_block = &dwk[0][0][0][0];
+    const real* dte_block = &dte[0][0][0];
+    for (int q = 0; q < L1 * K * F; ++q) dwk_task[q] += dwk_block[q];
+    for (int q = 0; q < NNZ * F; ++q) dte_task[q] += dte_block[q];
   });
   real *dwk = dwk_b->typed_data(), *dte = dte_b->typed_data();
   std::fill(dwk, dwk + L1 * K * F, real(0));
