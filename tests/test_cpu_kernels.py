@@ -170,13 +170,14 @@ def test_a_damaged_cached_library_is_rebuilt(rng, monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
-def test_class_sums_are_the_segment_sum(dtype, rng):
+@pytest.mark.parametrize("K, lm", [(5, 4), (8, 9)])  # vectors of 1 lane; of 8 lanes
+def test_class_sums_are_the_segment_sum(dtype, K, lm, rng):
     """The first message pass's per-(receiver, class) basis sums: values, cotangents of the
     radial and angular basis and the weights, and a second derivative, equal the XLA segment
     sum's; out-of-range segments (padding) are dropped."""
     from e3md.nn.message_pass import _class_sums
 
-    edges, size, lm = 57, 9, 4
+    edges, size = 57, 9
     assert cpu_kernels.class_sum_kernel(rows=lm, radial=K, dtype=dtype) is None  # forward mode
     with cpu_kernels.reverse_mode_only():
         kernel = cpu_kernels.class_sum_kernel(rows=lm, radial=K, dtype=dtype)

@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 
 #include "kernel_common.h"
 
@@ -24,6 +25,11 @@ namespace {
 using namespace e3md;
 
 constexpr int LM = E3MD_LM, K = E3MD_K;
+constexpr int kW = lanes_for(K);  // explicit vectors over the radial functions
+constexpr int NC = K / kW;
+using V = Vec<kW>;
+
+inline void store(real* p, V v) { std::memcpy(p, &v, sizeof v); }
 
 ffi::Error Forward(Buf rad_b, Buf y_b, Buf w_b, Idx seg_b, Out out_b) {
   const int64_t edges = seg_b.element_count();
@@ -32,16 +38,20 @@ ffi::Error Forward(Buf rad_b, Buf y_b, Buf w_b, Idx seg_b, Out out_b) {
   const int32_t* seg = seg_b.typed_data();
   real* out = out_b->typed_data();
   std::fill(out, out + q_max * LM * K, real(0));
-  // one thread: a scatter; ~LM K multiply-adds per edge, memory-bound on the inputs
+  // one thread: a scatter; LM x K multiply-adds per edge, memory-bound on the inputs
   for (int64_t e = 0; e < edges; ++e) {
     const int64_t q = seg[e];
     const real we = w[e];
     if (q < 0 || q >= q_max || we == 0) continue;
     real* o = out + q * LM * K;
-    const real* r = rad + e * K;
+    V r[NC];
+    for (int c = 0; c < NC; ++c) r[c] = load<kW>(rad + e * K + c * kW);
     for (int lm = 0; lm < LM; ++lm) {
-      const real c = we * y[e * LM + lm];
-      for (int k = 0; k < K; ++k) o[lm * K + k] += c * r[k];
+      const real a = we * y[e * LM + lm];
+      for (int c = 0; c < NC; ++c) {
+        real* oc = o + lm * K + c * kW;
+        store(oc, load<kW>(oc) + a * r[c]);
+      }
     }
   }
   return ffi::Error::Success();
@@ -58,31 +68,35 @@ ffi::Error Backward(ffi::ThreadPool pool, Buf rad_b, Buf y_b, Buf w_b, Idx seg_b
   parallel_for(pool, edges, 4096, [&](int64_t begin, int64_t end, int64_t) {
     for (int64_t e = begin; e < end; ++e) {
       const int64_t q = seg[e];
-      real* dr = drad + e * K;
-      real* dye = dy + e * LM;
       if (q < 0 || q >= q_max) {
-        std::fill(dr, dr + K, real(0));
-        std::fill(dye, dye + LM, real(0));
+        std::fill(drad + e * K, drad + (e + 1) * K, real(0));
+        std::fill(dy + e * LM, dy + (e + 1) * LM, real(0));
         dw[e] = 0;
         continue;
       }
       const real* gq = g + q * LM * K;
-      const real* r = rad + e * K;
       const real* ye = y + e * LM;
       const real we = w[e];
-      real acc[K] = {};
-      real dwe = 0;
+      // sums over k, together: d[lm] = sum_k g[lm, k] rad[k] (lm < LM), then
+      // dw = sum_k acc[k] rad[k] with acc[k] = sum_lm g[lm, k] y[lm]
+      V r[NC], acc[NC] = {}, red[LM + 1] = {};
+      for (int c = 0; c < NC; ++c) r[c] = load<kW>(rad + e * K + c * kW);
       for (int lm = 0; lm < LM; ++lm) {
-        real d = 0;
-        for (int k = 0; k < K; ++k) {
-          d += gq[lm * K + k] * r[k];
-          acc[k] += gq[lm * K + k] * ye[lm];
+        for (int c = 0; c < NC; ++c) {
+          const V gc = load<kW>(gq + lm * K + c * kW);
+          red[lm] += gc * r[c];
+          acc[c] += ye[lm] * gc;
         }
-        dye[lm] = we * d;
-        dwe += ye[lm] * d;
       }
-      for (int k = 0; k < K; ++k) dr[k] = we * acc[k];
-      dw[e] = dwe;
+      for (int c = 0; c < NC; ++c) {
+        red[LM] += acc[c] * r[c];
+        store(drad + e * K + c * kW, we * acc[c]);
+      }
+      reduce_lanes<kW, LM + 1>(red);
+      real sums[(LM + kW) / kW * kW];
+      std::memcpy(sums, red, sizeof(sums));
+      for (int lm = 0; lm < LM; ++lm) dy[e * LM + lm] = we * sums[lm];
+      dw[e] = sums[LM];
     }
   });
   return ffi::Error::Success();

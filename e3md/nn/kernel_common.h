@@ -1,11 +1,14 @@
 // What e3md's CPU kernels (*_kernel.cc, built by e3md/nn/cpu_kernels.py) share: the buffer
-// types of the compiled-in float type and a parallel loop on XLA's intra-op thread pool.
+// types of the compiled-in float type, a parallel loop on XLA's intra-op thread pool, and
+// explicit vectors of the float type (GCC/clang vector types) with a many-sums reduction.
 #pragma once
 
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <thread>
+#include <utility>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -46,6 +49,57 @@ void parallel_for(ffi::ThreadPool& pool, int64_t n, int64_t block, Body body) {
   }
   work(0);
   while (done.load(std::memory_order_acquire) < tasks - 1) std::this_thread::yield();
+}
+
+// The lanes of the widest vector of at most 64 bytes whose lanes divide n.
+constexpr int lanes_for(int n) {
+  int w = 64 / int(sizeof(real));
+  while (w > 1 && n % w) w /= 2;
+  return w;
+}
+
+template <int W>
+struct VecOf {
+  typedef real type __attribute__((vector_size(W * sizeof(real))));
+};
+template <int W>
+using Vec = typename VecOf<W>::type;  // W lanes of real
+
+template <int W>
+inline Vec<W> load(const real* p) {
+  Vec<W> v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// Output lane p of fold<W, g>(a, b): the inputs hold W / g sums of g lanes each (a's, then b's
+// in the output); each output sum has g / 2 lanes, the first half of its input lanes plus the
+// second.
+template <int W>
+constexpr int fold_index(int g, int p) {
+  const int half = g / 2, groups = W / g, group = p / half;
+  return (group < groups ? 0 : W) + (group % groups) * g + p % half;
+}
+template <int W, int g, std::size_t... P>
+inline Vec<W> fold(Vec<W> a, Vec<W> b, std::index_sequence<P...>) {
+  return __builtin_shufflevector(a, b, fold_index<W>(g, P)...) +
+         __builtin_shufflevector(a, b, (fold_index<W>(g, P) + g / 2)...);
+}
+
+// The lane sums of n vectors at once: afterwards lane p of v[q] is the sum of the lanes of input
+// v[q * W + p]. A transposing tree, about 3 instructions per input vector: a horizontal sum of
+// each on its own is a chain of ~10 (g: lanes per sum so far, for the recursion).
+template <int W, int n, int g = W>
+inline void reduce_lanes(Vec<W>* v) {
+  if constexpr (g > 1) {
+    constexpr int m = (n + 1) / 2;
+#pragma GCC unroll 64
+    for (int q = 0; q < m; ++q) {
+      const Vec<W> b = 2 * q + 1 < n ? v[2 * q + 1] : Vec<W>{};
+      v[q] = fold<W, g>(v[2 * q], b, std::make_index_sequence<W>{});
+    }
+    reduce_lanes<W, m, g / 2>(v);
+  }
 }
 
 }  // namespace e3md

@@ -24,7 +24,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <utility>
 #include <vector>
 
 #include "kernel_common.h"
@@ -82,56 +81,21 @@ inline int64_t sender(const int32_t* adj, int64_t slot, int64_t n) {
   return std::clamp<int64_t>(adj[slot], 0, n - 1);  // as jnp.take(mode="clip")
 }
 
-// The kernels work on explicit vectors of kW features (GCC/clang vector types, so nothing
-// depends on the auto-vectoriser). Per edge the backward needs N1 + K sums over the features (dy
-// and drad): one horizontal sum each is a chain of shuffles, so they are summed together by a
-// transposing tree (reduce_lanes), about 3 instructions per input vector; as separate
-// reductions they made the backward 5-6x the forward (BENCHMARKS.md, session 13).
-constexpr int kW = [] {  // lanes: the widest vector of at most 64 bytes whose lanes divide F
-  int w = 64 / int(sizeof(real));
-  while (w > 1 && F % w) w /= 2;
-  return w;
-}();
+// The kernels work on explicit vectors of kW features (kernel_common.h). Per edge the backward
+// needs N1 + K sums over the features (dy and drad), summed together by reduce_lanes: as
+// separate horizontal sums they made the backward 5-6x the forward (BENCHMARKS.md, session 13).
+constexpr int kW = lanes_for(F);
 constexpr int NC = F / kW;  // vectors per feature row
-typedef real V __attribute__((vector_size(kW * sizeof(real))));
+using V = Vec<kW>;
 
-inline V load(const real* p) {
-  V v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-// Output lane p of fold<g>(a, b): inputs hold kW / g sums of g lanes each (a's, then b's in the
-// output); each output sum has g / 2 lanes, the first half of its input lanes plus the second.
-constexpr int fold_index(int g, int p) {
-  const int half = g / 2, groups = kW / g, group = p / half;
-  return (group < groups ? 0 : kW) + (group % groups) * g + p % half;
-}
-template <int g, std::size_t... P>
-inline V fold(V a, V b, std::index_sequence<P...>) {
-  return __builtin_shufflevector(a, b, fold_index(g, P)...) +
-         __builtin_shufflevector(a, b, (fold_index(g, P) + g / 2)...);
-}
-// v[0..n) hold sums of g lanes each; afterwards lane p of v[q] is the whole sum of input
-// q * kW + p.
-template <int g, int n>
-inline void reduce_lanes(V* v) {
-  if constexpr (g > 1) {
-    constexpr int m = (n + 1) / 2;
-#pragma GCC unroll 64
-    for (int q = 0; q < m; ++q) {
-      v[q] = fold<g>(v[2 * q], 2 * q + 1 < n ? v[2 * q + 1] : V{}, std::make_index_sequence<kW>{});
-    }
-    reduce_lanes<g / 2, m>(v);
-  }
-}
+inline V at(const real* row, int c) { return load<kW>(row + c * kW); }  // chunk c of a row
 
 // r[l] = sum_k rad[k] wk[l][k], as vectors
 inline void radial(const real* rad, const real* wk, V (&r)[L1][NC]) {
   for (int l = 0; l < L1; ++l) {
     for (int c = 0; c < NC; ++c) {
-      V acc = rad[0] * load(wk + l * K * F + c * kW);
-      for (int k = 1; k < K; ++k) acc += rad[k] * load(wk + (l * K + k) * F + c * kW);
+      V acc = rad[0] * at(wk + l * K * F, c);
+      for (int k = 1; k < K; ++k) acc += rad[k] * at(wk + (l * K + k) * F, c);
       r[l][c] = acc;
     }
   }
@@ -158,8 +122,8 @@ ffi::Error Forward(ffi::ThreadPool pool, Buf wk_b, Buf te_b, Buf x_b, Buf rad_b,
         for (int e = 0; e < NNZ; ++e) {
           const real coef = ws * ys[SI[e]];
           for (int c = 0; c < NC; ++c) {
-            const V tr = load(te + e * F + c * kW) * r[kEntry.deg[e]][c];
-            acc[SK[e]][c] += coef * tr * load(xj + SJ[e] * F + c * kW);
+            const V tr = at(te + e * F, c) * r[kEntry.deg[e]][c];
+            acc[SK[e]][c] += coef * tr * at(xj + SJ[e] * F, c);
           }
         }
       }
@@ -183,7 +147,7 @@ ffi::Error Backward(ffi::ThreadPool pool, Buf wk_b, Buf te_b, Buf x_b, Buf rad_b
     for (int64_t a = begin; a < end; ++a) {
       const real* ga = g + a * N3 * F;
       for (int e = 0; e < NNZ; ++e) {
-        for (int c = 0; c < NC; ++c) tg[e][c] = load(te + e * F + c * kW) * load(ga + SK[e] * F + c * kW);
+        for (int c = 0; c < NC; ++c) tg[e][c] = at(te + e * F, c) * at(ga + SK[e] * F, c);
       }
       std::memset(dxa, 0, sizeof(dxa));
       for (int64_t s = a * m; s < (a + 1) * m; ++s) {
@@ -206,9 +170,9 @@ ffi::Error Backward(ffi::ThreadPool pool, Buf wk_b, Buf te_b, Buf x_b, Buf rad_b
           // filter signed by (-1)^l
           const real coef = kEntry.sign[e] * ws * ys[SI[e]];
           for (int c = 0; c < NC; ++c) {
-            df[SI[e]][c] += tg[e][c] * load(xj + SJ[e] * F + c * kW);
-            const V tr = load(te + e * F + c * kW) * r[kEntry.deg[e]][c];
-            dxa[SJ[e]][c] += coef * tr * load(gj + SK[e] * F + c * kW);
+            df[SI[e]][c] += tg[e][c] * at(xj + SJ[e] * F, c);
+            const V tr = at(te + e * F, c) * r[kEntry.deg[e]][c];
+            dxa[SJ[e]][c] += coef * tr * at(gj + SK[e] * F, c);
           }
         }
         // dy[i] = ws sum_f df[i] r[l(i)];  drad[k] = sum_{l, f} dr[l] wk[l, k],
@@ -222,8 +186,8 @@ ffi::Error Backward(ffi::ThreadPool pool, Buf wk_b, Buf te_b, Buf x_b, Buf rad_b
             for (int c = 0; c < NC; ++c) dr[c] += (ws * ys[i]) * df[i][c];
           }
           for (int k = 0; k < K; ++k) {
-            V acc = dr[0] * load(wk + (l * K + k) * F);
-            for (int c = 1; c < NC; ++c) acc += dr[c] * load(wk + (l * K + k) * F + c * kW);
+            V acc = dr[0] * at(wk + (l * K + k) * F, 0);
+            for (int c = 1; c < NC; ++c) acc += dr[c] * at(wk + (l * K + k) * F, c);
             red[N1 + k] = l ? red[N1 + k] + acc : acc;
           }
         }
@@ -265,8 +229,8 @@ ffi::Error Grad(ffi::ThreadPool pool, Buf wk_b, Buf te_b, Buf x_b, Buf rad_b, Bu
         for (int e = 0; e < NNZ; ++e) {
           const real coef = ws * ys[SI[e]];
           for (int c = 0; c < NC; ++c) {
-            const V p = load(xj + SJ[e] * F + c * kW) * load(ga + SK[e] * F + c * kW);
-            df[SI[e]][c] += load(te + e * F + c * kW) * p;
+            const V p = at(xj + SJ[e] * F, c) * at(ga + SK[e] * F, c);
+            df[SI[e]][c] += at(te + e * F, c) * p;
             dte[e][c] += coef * r[kEntry.deg[e]][c] * p;
           }
         }
