@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-__all__ = ["edge_vectors", "edge_vectors_from_shifts", "rows_to_edge_index"]
+__all__ = ["edge_vectors", "edge_vectors_from_shifts", "row_edge_vectors", "rows_to_edge_index"]
 
 
 def edge_vectors(
@@ -43,6 +43,27 @@ def edge_vectors(
     dc = jnp.where(mask, dst, 0)
     disp = jax.vmap(lambda a, b: displacement_fn(a, b, **kwargs))
     r = disp(R[sc], R[dc])
+    r = jnp.where(mask[:, None], r, jnp.zeros((), r.dtype))
+    return r, src, dst, mask
+
+
+def row_edge_vectors(
+    displacement_fn: Any,
+    R: Float[Array, "N 3"],
+    idx: Int[Array, "N M"],
+    **kwargs: Any,
+) -> tuple[Float[Array, "E 3"], Int[Array, " E"], Int[Array, " E"], Bool[Array, " E"]]:
+    """:func:`edge_vectors` of a jax-md ``Dense`` list ``idx[N, M]`` (senders of receiver ``i``
+    in row ``i``, padding ``N``), edges receiver-major as :func:`rows_to_edge_index` orders them:
+    the same results. Each receiver's position is broadcast along its row instead of gathered
+    per edge, so the reverse pass sums it over the row instead of scattering ``E`` vectors."""
+    n, m = idx.shape
+    src = idx.reshape(-1)
+    dst = jnp.repeat(jnp.arange(n, dtype=idx.dtype), m)
+    mask = src < n
+    receivers = jnp.broadcast_to(R[:, None, :], (n, m, R.shape[-1])).reshape(n * m, -1)
+    disp = jax.vmap(lambda a, b: displacement_fn(a, b, **kwargs))
+    r = disp(R[jnp.where(mask, src, 0)], receivers)
     r = jnp.where(mask[:, None], r, jnp.zeros((), r.dtype))
     return r, src, dst, mask
 

@@ -29,7 +29,7 @@ from e3md.potentials.model import EDGE_CHUNK, atomic_energies, species_index
 from jaxtyping import Array, ArrayLike, Float
 
 from e3md import neighbors as _neighbors
-from e3md.graph import edge_vectors
+from e3md.graph import edge_vectors, row_edge_vectors
 
 __all__ = ["EnergyForcesStress", "energy_forces_stress", "neighbor_list"]
 
@@ -113,9 +113,13 @@ def neighbor_list(
             raise ValueError(f"energy_fn built for {num_atoms} atoms, got R of shape {R.shape}")
         p = kwargs.get("params", default_params)
         dkw = {k: kwargs[k] for k in _DISP_KWARGS if k in kwargs}
-        r, src, dst, mask = edge_vectors(displacement_fn, R, _neighbors.edge_index(neighbor), **dkw)
+        if partition.is_sparse(neighbor.format):
+            rows = None
+            r, src, dst, mask = edge_vectors(displacement_fn, R, neighbor.idx, **dkw)
+        else:
+            rows = neighbor.idx.shape[-1]
+            r, src, dst, mask = row_edge_vectors(displacement_fn, R, neighbor.idx, **dkw)
         atom_mask = jnp.ones(num_atoms, bool)
-        rows = None if partition.is_sparse(neighbor.format) else neighbor.idx.shape[-1]
         e_i = atomic_energies(
             config,
             p,

@@ -1,10 +1,11 @@
 """Edge vectors from jax-md neighbour lists and from explicit image shifts."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax_md import partition, space
 
-from e3md.graph import edge_vectors, edge_vectors_from_shifts
+from e3md.graph import edge_vectors, edge_vectors_from_shifts, row_edge_vectors, rows_to_edge_index
 
 
 def test_edge_vectors_free_space_convention_and_padding(rng):
@@ -58,3 +59,26 @@ def test_edge_vectors_from_shifts_match_jax_md(rng):
     )
     np.testing.assert_allclose(np.asarray(r_sh), np.asarray(r)[m], atol=1e-10)
     assert m.sum() > 0
+
+
+def test_row_edge_vectors_are_the_edge_vectors_of_the_rows(rng):
+    """A Dense list's rows: the same vectors, indices, mask and position gradient as the edge
+    list of rows_to_edge_index (padding slots included)."""
+    box = np.array([[8.0, 1.0, 0.5], [0.0, 7.5, 0.3], [0.0, 0.0, 9.0]])
+    disp, _ = space.periodic_general(box, fractional_coordinates=False)
+    R = jnp.asarray(rng.uniform(size=(6, 3)) @ box.T)
+    idx = jnp.asarray([[1, 2, 6], [0, 6, 6], [3, 4, 5], [2, 6, 6], [2, 5, 6], [2, 4, 6]])
+    got = row_edge_vectors(disp, R, idx)
+    want = edge_vectors(disp, R, rows_to_edge_index(idx))
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert not np.asarray(got[3]).all()  # there are padding slots
+
+    weights = jnp.arange(1.0, idx.size + 1)[:, None]  # no cancellation between i<-j and j<-i
+
+    def energy(fn, idx):
+        return lambda R: jnp.sum(weights * fn(disp, R, idx)[0] ** 3)
+
+    g = jax.grad(energy(row_edge_vectors, idx))(R)
+    np.testing.assert_allclose(g, jax.grad(energy(edge_vectors, rows_to_edge_index(idx)))(R))
+    assert np.abs(np.asarray(g)).sum(-1).min() > 0  # every atom has an edge
