@@ -227,7 +227,7 @@ inline Geometry geometry(const V* v) {
 // kBatch edges (missing lanes repeat the last edge), and the reverse. Through plain arrays,
 // not vector lanes, which the compiler would store and load one by one.
 template <int R>
-inline void load(const real* x, int n, V* out) {
+inline void to_lanes(const real* x, int n, V* out) {
   double buf[R][kBatch];
   for (int b = 0; b < kBatch; ++b)
     for (int i = 0; i < R; ++i) buf[i][b] = double(x[(b < n ? b : n - 1) * R + i]);
@@ -235,7 +235,7 @@ inline void load(const real* x, int n, V* out) {
 }
 typedef real VR __attribute__((vector_size(kBatch * sizeof(real))));
 template <int R>
-inline void store(const V* x, int n, real* out) {
+inline void from_lanes(const V* x, int n, real* out) {
   real buf[R][kBatch];
   for (int i = 0; i < R; ++i) {
     const VR c = __builtin_convertvector(x[i], VR);
@@ -247,20 +247,20 @@ inline void store(const V* x, int n, real* out) {
 
 void forward_batch(const real* v, real* rad, real* y, int n) {
   V vc[3], g[K], t[LM], yv[LM];
-  load<3>(v, n, vc);
+  to_lanes<3>(v, n, vc);
   const Geometry geo = geometry(vc);
   radial<false>(geo.r, geo.inv, g, nullptr);
   solid_harmonics<V>(geo.u[0], geo.u[1], geo.u[2], t);
   for (int i = 0; i < LM; ++i) yv[i] = kYNorm[i] * t[kYPerm[i]];
-  store<K>(g, n, rad);
-  store<LM>(yv, n, y);
+  from_lanes<K>(g, n, rad);
+  from_lanes<LM>(yv, n, y);
 }
 
 void backward_batch(const real* v, const real* drad, const real* dy, real* dv, int n) {
   V vc[3], g[K], slope[K], cr[K], cy[LM];
-  load<3>(v, n, vc);
-  load<K>(drad, n, cr);  // the repeated last edge's cotangents are computed, not stored
-  load<LM>(dy, n, cy);
+  to_lanes<3>(v, n, vc);
+  to_lanes<K>(drad, n, cr);  // the repeated last edge's cotangents are computed, not stored
+  to_lanes<LM>(dy, n, cy);
   for (int i = 0; i < LM; ++i) cy[i] *= kYNorm[i];
   const Geometry geo = geometry(vc);
   radial<true>(geo.r, geo.inv, g, slope);
@@ -283,7 +283,7 @@ void backward_batch(const real* v, const real* drad, const real* dy, real* dv, i
   for (int j = 0; j < 3; ++j)
     out[j] = geo.unit ? dr * geo.u[j] + (G[j] - geo.u[j] * ug) * geo.inv
                       : G[j] + dr * geo.u[j] * geo.inv;
-  store<3>(out, n, dv);
+  from_lanes<3>(out, n, dv);
 }
 
 ffi::Error Forward(ffi::ThreadPool pool, Buf v_b, Out rad_b, Out y_b) {

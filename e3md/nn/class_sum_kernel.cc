@@ -29,8 +29,6 @@ constexpr int kW = lanes_for(K);  // explicit vectors over the radial functions
 constexpr int NC = K / kW;
 using V = Vec<kW>;
 
-inline void store(real* p, V v) { std::memcpy(p, &v, sizeof v); }
-
 ffi::Error Forward(Buf rad_b, Buf y_b, Buf w_b, Idx seg_b, Out out_b) {
   const int64_t edges = seg_b.element_count();
   const int64_t q_max = out_b->element_count() / (LM * K);
@@ -50,7 +48,7 @@ ffi::Error Forward(Buf rad_b, Buf y_b, Buf w_b, Idx seg_b, Out out_b) {
       const real a = we * y[e * LM + lm];
       for (int c = 0; c < NC; ++c) {
         real* oc = o + lm * K + c * kW;
-        store(oc, load<kW>(oc) + a * r[c]);
+        store<kW>(oc, load<kW>(oc) + a * r[c]);
       }
     }
   }
@@ -90,7 +88,7 @@ ffi::Error Backward(ffi::ThreadPool pool, Buf rad_b, Buf y_b, Buf w_b, Idx seg_b
       }
       for (int c = 0; c < NC; ++c) {
         red[LM] += acc[c] * r[c];
-        store(drad + e * K + c * kW, we * acc[c]);
+        store<kW>(drad + e * K + c * kW, we * acc[c]);
       }
       reduce_lanes<kW, LM + 1>(red);
       real sums[(LM + kW) / kW * kW];

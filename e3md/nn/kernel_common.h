@@ -71,6 +71,10 @@ inline Vec<W> load(const real* p) {
   std::memcpy(&v, p, sizeof v);
   return v;
 }
+template <int W>
+inline void store(real* p, Vec<W> v) {
+  std::memcpy(p, &v, sizeof v);
+}
 
 // Output lane p of fold<W, g>(a, b): the inputs hold W / g sums of g lanes each (a's, then b's
 // in the output); each output sum has g / 2 lanes, the first half of its input lanes plus the
