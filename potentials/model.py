@@ -50,7 +50,8 @@ Given the edges as rows of a full neighbour list (``symmetric_rows``), the later
 passes differentiate through sums over each atom's own row instead of scatters
 (``MessagePass(symmetric=True)``, :mod:`e3md.nn.rows`). That path promises reverse-mode
 derivatives only, so on CPU the edge basis, the first pass's per-species sums and the last
-pass run as e3md's compiled kernels (:mod:`e3md.nn.cpu_kernels`; the same function).
+pass, and the per-atom layers (update, self-product, gated SiLU, mix) of iterations with
+degrees > 0 run as e3md's compiled kernels (:mod:`e3md.nn.cpu_kernels`; the same function).
 
 Padding rules: edges with ``edge_mask = False`` or whose endpoints are padded atoms and atoms with
 ``atom_mask = False`` contribute exactly zero (the mask multiplies the gathered sender features,
@@ -202,6 +203,68 @@ def _edge_basis(config: ModelConfig, r: Array) -> tuple[Array, Array]:
     return radial, angular[:, None, :]
 
 
+def _atom_layers(config: ModelConfig, params: dict, t: int, x: Array, m: Array):
+    """Iteration ``t``'s per-atom layers after its message pass -- the update, the
+    self-product, the gated SiLU and the mix of :class:`EnergyModel` -- as e3md's CPU kernel
+    (:func:`e3md.nn.cpu_kernels.atom_kernel`; the same function, reverse mode only), or None
+    where it cannot be used. ``x [N, 1, R0, F]`` are the features before the update (``R0``
+    rows, zero-padded to ``(L+1)^2``), ``m [N, 1, (L+1)^2, F]`` the messages."""
+    import e3md.nn as enn
+    from e3md.nn import cpu_kernels
+    from e3md.nn.tensor import _coupling_support, _coupling_tensor, _effective_pseudotensors
+
+    L, F = config.max_degree, config.num_features
+    dtype = jnp.dtype(config.dtype)
+    product = enn.FusedTensor(max_degree=L, include_pseudotensors=False, dtype=dtype)
+    pseudo = _effective_pseudotensors(1, 1, L, L, L, product.include_pseudotensors)
+    form = (1, 1, L, L, L, pseudo, product.cartesian_order)
+    support = np.argwhere(_coupling_support(*form))
+    kernel = cpu_kernels.atom_kernel(features=F, max_degree=L, support=support, dtype=dtype)
+    if kernel is None or x.shape[-3] != 1 or x.shape[-2] > (L + 1) ** 2:
+        return None
+    names = ("update", "self_a", "self_b", "mix")
+    prm = {name: params[f"{name}_{t}"] for name in names}
+    prm["product"] = params[f"self_product_{t}"]
+    dense = enn.Dense(F, dtype=dtype, param_dtype=dtype)
+
+    def reference(x0, m, prm):
+        x = _pad_degree(x0, L) + dense.apply({"params": prm["update"]}, m)
+        a = dense.apply({"params": prm["self_a"]}, x)
+        b = dense.apply({"params": prm["self_b"]}, x)
+        x = x + product.apply({"params": prm["product"]}, a, b)
+        return dense.apply({"params": prm["mix"]}, enn.silu(x))
+
+    def packed(prm):
+        degree = [f"{l}{'+-'[l % 2]}" for l in range(L + 1)]
+        w = jnp.stack([jnp.stack([prm[n][d]["kernel"] for d in degree]) for n in names])
+        bias = jnp.stack([prm[n]["0+"]["bias"] for n in names])
+        kernels = {k: v.astype(dtype) for k, v in prm["product"].items()}
+        i, j, k = support.T
+        return w.astype(dtype), bias.astype(dtype), _coupling_tensor(kernels, *form)[i, j, k]
+
+    def forward(x0, m, prm):
+        n, lm = m.shape[0], m.shape[-2]
+        out = kernel.forward(x0.reshape(n, -1, F), m.reshape(n, lm, F), *packed(prm))
+        return out.reshape(m.shape)
+
+    def backward(args, g):
+        x0, m, prm = args
+        n, lm = m.shape[0], m.shape[-2]
+        dx0, dm = kernel.backward(
+            x0.reshape(n, -1, F), m.reshape(n, lm, F), *packed(prm), g.reshape(n, lm, F)
+        )
+        # the parameters' cotangents from the XLA formulation: XLA removes it where they are
+        # unused (forces, MD)
+        dprm = jax.vjp(lambda p: reference(x0, m, p), prm)[1](g)[0]
+        return dx0.reshape(x0.shape), dm.reshape(m.shape), dprm
+
+    def reference_backward(args, g):
+        return jax.vjp(reference, *args)[1](g)
+
+    fused = cpu_kernels.with_reference_derivative(forward, backward, reference_backward)
+    return fused(x.astype(dtype), m.astype(dtype), prm)
+
+
 class EnergyModel(nn.Module):
     """Flax module computing per-atom energies (eV); see the module docstring for the math.
 
@@ -302,6 +365,14 @@ class EnergyModel(nn.Module):
                         edge_chunk=edge_chunk,
                         input_index=z if t == 0 else None,
                     )
+            fused = None
+            if cfg.self_product and out_degree > 0 and symmetric_rows is not None:
+                if not self.is_initializing():
+                    with promise():
+                        fused = _atom_layers(cfg, self.variables["params"], t, x, m)
+            if fused is not None:
+                x = fused
+                continue
             x = _pad_degree(x, out_degree) + enn.Dense(F, name=f"update_{t}", **kw)(m)
             if cfg.self_product and out_degree > 0:
                 a = enn.Dense(F, name=f"self_a_{t}", **kw)(x)

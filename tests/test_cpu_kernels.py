@@ -274,3 +274,78 @@ def test_basis_kernel_is_the_model_basis(dtype, max_degree, cutoff_fn, rng):
     with jax.debug_nans(False):
         radial = np.asarray(fused(v.at[7, 0].set(jnp.nan))[0])
     assert np.isnan(radial[7]).all() and np.isfinite(radial[8]).all()
+
+
+@pytest.mark.parametrize(
+    "features, max_degree, rows0, dtype",
+    [
+        (12, 1, 1, jnp.float64),  # the first iteration: x has its scalar row only
+        (12, 2, 9, jnp.float64),
+        (32, 1, 4, jnp.float32),  # 16 float32 lanes
+        (5, 2, 9, jnp.float32),  # one lane
+    ],
+)
+def test_atom_layers_are_the_model_layers(features, max_degree, rows0, dtype, rng):
+    """The per-atom kernel (update, self-product, gated SiLU, mix) against the same layers
+    applied as e3md.nn modules: values, and the cotangents of the features, the messages and
+    every parameter (the last through the XLA formulation)."""
+    from e3md.potentials.config import ModelConfig
+    from e3md.potentials.model import _atom_layers, init_params
+
+    import e3md.nn as enn
+
+    F, L, lm = features, max_degree, (max_degree + 1) ** 2
+    cfg = ModelConfig(
+        species=(1, 8),
+        max_degree=L,
+        num_features=F,
+        num_basis=4,
+        dtype=jnp.dtype(dtype).name,
+    )
+    params = init_params(cfg, jax.random.key(0))["params"]
+    # nonzero biases (zero at initialisation), so that every term is exercised
+    params = jax.tree.map(lambda p: p + jnp.asarray(0.3 * rng.normal(size=p.shape), dtype), params)
+    x = jnp.asarray(rng.normal(size=(N, 1, rows0, F)), dtype)
+    m = jnp.asarray(rng.normal(size=(N, 1, lm, F)), dtype)
+    ct = jnp.asarray(rng.normal(size=(N, 1, lm, F)), dtype)
+    kw = dict(dtype=dtype, param_dtype=dtype)
+
+    def layers(x, m, p):
+        dense = enn.Dense(F, **kw)
+        y = jnp.pad(x, [(0, 0), (0, 0), (0, lm - rows0), (0, 0)])
+        y = y + dense.apply({"params": p["update_0"]}, m)
+        a = dense.apply({"params": p["self_a_0"]}, y)
+        b = dense.apply({"params": p["self_b_0"]}, y)
+        product = enn.FusedTensor(max_degree=L, include_pseudotensors=False, **kw)
+        y = y + product.apply({"params": p["self_product_0"]}, a, b)
+        return dense.apply({"params": p["mix_0"]}, enn.silu(y))
+
+    def fused(x, m, p):
+        with cpu_kernels.reverse_mode_only():
+            out = _atom_layers(cfg, p, 0, x, m)
+        assert out is not None
+        return out
+
+    @jax.jit
+    def value_and_cotangents(x, m, p):
+        out, pull = jax.vjp(fused, x, m, p)
+        out_ref, pull_ref = jax.vjp(layers, x, m, p)
+        return (out, pull(ct)), (out_ref, pull_ref(ct))
+
+    (got, dgot), (want, dwant) = value_and_cotangents(x, m, params)
+    eps = 1e-12 if dtype == jnp.float64 else 1e-5  # relative to each array's largest entry
+
+    def close(a, b):
+        np.testing.assert_allclose(a, b, rtol=eps, atol=eps * float(np.abs(b).max()))
+
+    close(got, want)
+    for a, b in zip(jax.tree.leaves(dgot), jax.tree.leaves(dwant), strict=True):
+        close(a, b)
+    if dtype == jnp.float64 and L == 2:  # second order (parameter gradients of forces), via XLA
+
+        def h(fn, p):
+            return jnp.sum(ct * jax.grad(lambda x: jnp.sum(ct * fn(x, m, p)))(x)[..., :1, :])
+
+        second = jax.jit(lambda p: (jax.grad(h, 1)(fused, p), jax.grad(h, 1)(layers, p)))
+        for a, b in zip(*map(jax.tree.leaves, second(params)), strict=True):
+            close(a, b)

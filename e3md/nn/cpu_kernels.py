@@ -7,6 +7,8 @@
   pass (``MessagePass(input_index=...)``) and their cotangents (``class_sum_kernel.cc``).
 - :func:`basis_kernel`: the model's edge basis (Bessel functions times the cutoff, spherical
   harmonics) from the edge vectors, and the edge vectors' cotangent (``basis_kernel.cc``).
+- :func:`atom_kernel`: the per-atom layers of a model iteration (update, self-product, gated
+  SiLU, mix) and their input cotangents (``atom_kernel.cc``).
 
 Each C++ source is compiled with the configuration's sizes (and couplings) as constants, by
 the system's C++ compiler (``$CXX``, else ``c++``/``g++``/``clang++``), for this machine's CPU
@@ -45,11 +47,13 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "AtomKernel",
     "BasisKernel",
     "ClassSumKernel",
     "RowsKernel",
     "basis_kernel",
     "class_sum_kernel",
+    "atom_kernel",
     "kernels_enabled",
     "reverse_mode_only",
     "rows_kernel",
@@ -163,6 +167,23 @@ class BasisKernel:
     def backward(self, v, dradial, dangular):
         """``dv [E, 3]``."""
         return _call(self.targets["bwd"], _like(v), v, dradial, dangular)[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class AtomKernel:
+    """The two FFI targets of one iteration's per-atom layers; see ``atom_kernel.cc``."""
+
+    targets: dict[str, str]
+
+    def forward(self, x0, m, w, bias, t):
+        """``out [N, LM, F]`` from ``x0 [N, R0, F]`` (``R0 <= LM``), ``m [N, LM, F]``, the
+        Dense weights ``w [4, L+1, F, F]`` and biases ``bias [4, F]`` (update, a, b, mix) and the
+        self-product's couplings ``t [nnz, F]``."""
+        return _call(self.targets["fwd"], _like(m), x0, m, w, bias, t)[0]
+
+    def backward(self, x0, m, w, bias, t, g):
+        """``(dx0, dm)``."""
+        return _call(self.targets["bwd"], _like(x0, m), x0, m, w, bias, t, g)
 
 
 def with_reference_derivative(forward, backward, reference_backward):
@@ -286,6 +307,28 @@ def basis_kernel(
     }
     targets = _targets("basis", defines, ("fwd", "bwd"))
     return None if targets is None else BasisKernel(targets, num, (max_degree + 1) ** 2)
+
+
+def atom_kernel(*, features: int, max_degree: int, support, dtype) -> AtomKernel | None:
+    """The compiled per-atom kernels of an iteration with ``features`` and degrees up to
+    ``max_degree`` whose self-product has the nonzero couplings ``support [nnz, 3]`` of
+    (a row, b row, output row); None where they cannot be used, also outside
+    :func:`reverse_mode_only` (its XLA formulation allows forward mode)."""
+    real = _real(dtype)
+    support = np.asarray(support, np.int64).reshape(-1, 3)
+    if not kernels_enabled() or real is None or not getattr(_reverse_only, "depth", 0):
+        return None
+    defines = {
+        **real,
+        "E3MD_F": features,
+        "E3MD_L": max_degree,
+        "E3MD_NNZ": support.shape[0],
+        "E3MD_SI": ",".join(map(str, support[:, 0])),
+        "E3MD_SJ": ",".join(map(str, support[:, 1])),
+        "E3MD_SK": ",".join(map(str, support[:, 2])),
+    }
+    targets = _targets("atom", defines, ("fwd", "bwd"))
+    return None if targets is None else AtomKernel(targets)
 
 
 def _targets(name: str, defines: dict, kinds: tuple[str, ...]) -> dict[str, str] | None:
