@@ -360,17 +360,33 @@ def test_edge_blocks_need_a_sparse_list(rng):
         layer.apply(params, x, b, dst_idx=dst, src_idx=src, edge_chunk=0)
 
 
-@pytest.mark.parametrize("factored, chunk", [(False, None), (True, None), (True, 3)])
-def test_class_inputs_are_the_same_function(factored, chunk, rng):
+@pytest.mark.parametrize(
+    "factored, chunk, fused", [(False, None, True), (True, None, True), (True, 3, True),
+                               (True, None, False)]
+)  # fmt: skip
+def test_class_inputs_are_the_same_function(factored, chunk, fused, rng, monkeypatch):
     """``input_index``: inputs given as a table of node classes (the species embedding of a
     first iteration) -- basis summed per (receiver, class), then filter and product -- equal
-    the messages of the gathered per-node inputs, values and gradients (table, basis, params)."""
+    the messages of the gathered per-node inputs, values and gradients (table, basis, params).
+    With a FusedTensor, filter, product and the sum over classes are one contraction per row
+    (``_scalar_class_products``); with a Tensor product, the general path runs."""
+    from e3md.nn import message_pass
+
+    contracted = []
+    real = message_pass._scalar_class_products
+    monkeypatch.setattr(
+        message_pass,
+        "_scalar_class_products",
+        lambda *a: contracted.append(real(*a)) or contracted[-1],
+    )
     pos, _, dst, src = _system(rng, jnp.float64)
     classes = jnp.asarray(rng.integers(0, 3, N))
     table = jnp.asarray(rng.normal(size=(3, 1, 1, F)))
     assert len(set(np.asarray(classes).tolist())) > 1
     b = (_edge_basis_factors if factored else _edge_basis)(pos, dst, src, 2)
-    layer = MessagePass(param_dtype=jnp.float64, max_degree=2, include_pseudotensors=False)
+    layer = MessagePass(
+        param_dtype=jnp.float64, max_degree=2, include_pseudotensors=False, use_fused_tensor=fused
+    )
     params = _random_params(layer, rng, table[classes], b, dst_idx=dst, src_idx=src)
     w = jnp.asarray(rng.uniform(size=(dst.shape[0], 1, 1, 1)))
 
@@ -386,6 +402,7 @@ def test_class_inputs_are_the_same_function(factored, chunk, rng):
         return grad(params, table, b, False), grad(params, table, b, True)
 
     ((_, y), g), ((_, y_cls), g_cls) = run(params, table, b)
+    assert contracted and all((c is None) != fused for c in contracted)
     assert y_cls.shape == y.shape == (N, 1, 9, F)
     assert float(jnp.max(jnp.abs(y[:, :, 1:]))) > 1e-3
     np.testing.assert_allclose(y_cls, y, rtol=1e-12, atol=1e-12)

@@ -2,11 +2,11 @@
 // self-product and the mix, for an iteration whose output has degrees > 0) as two fused CPU
 // kernels called through XLA's FFI (e3md/nn/cpu_kernels.py builds and registers them).
 //
-// Why: as XLA operations these are ~60 small operations per iteration -- one matmul per degree
-// and Dense layer, the slices that cut the (L+1)^2 rows into degrees, the concatenates and pads
-// that join them again, the self-product's element-wise loops -- forward and backward, each a
-// pass over [N, (L+1)^2, F] arrays and a thunk of XLA's runtime (BENCHMARKS.md, session 14).
-// Here a block of atoms goes through all of them in a few KiB.
+// Why: as XLA operations these are 43 (L = 1) to 86 (L = 2) operations, forward and backward
+// -- one matmul per degree and Dense layer, the slices that cut the (L+1)^2 rows into degrees,
+// the concatenates and pads that join them again, the self-product's element-wise loops --
+// each a pass over [N, (L+1)^2, F] arrays and a thunk of XLA's runtime (BENCHMARKS.md,
+// session 14). Here a block of 8 atoms goes through all of them in arrays that stay in cache.
 //
 // The function, per atom, rows r of (L+1)^2 with degree l(r), features f (Dense: one [F, F]
 // matrix per degree, the bias on row 0 only):

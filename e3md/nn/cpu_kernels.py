@@ -232,6 +232,13 @@ def _real(dtype) -> dict | None:
     return None
 
 
+def _support_defines(support: np.ndarray) -> dict:
+    """The -D flags of a product's nonzero couplings ``support [nnz, 3]`` (E3MD_NNZ and the
+    columns E3MD_SI, E3MD_SJ, E3MD_SK)."""
+    columns = {f"E3MD_S{c}": ",".join(map(str, support[:, q])) for q, c in enumerate("IJK")}
+    return {"E3MD_NNZ": support.shape[0], **columns}
+
+
 def rows_kernel(
     *, features: int, radial: int, filter_degree: int, n2: int, n3: int, support, dtype
 ) -> RowsKernel | None:
@@ -257,10 +264,7 @@ def rows_kernel(
         "E3MD_N1": (filter_degree + 1) ** 2,
         "E3MD_N2": n2,
         "E3MD_N3": n3,
-        "E3MD_NNZ": support.shape[0],
-        "E3MD_SI": ",".join(map(str, support[:, 0])),
-        "E3MD_SJ": ",".join(map(str, support[:, 1])),
-        "E3MD_SK": ",".join(map(str, support[:, 2])),
+        **_support_defines(support),
     }
     targets = _targets("rows", defines, ("fwd", "bwd", "grad"))
     return None if targets is None else RowsKernel(targets, n3)
@@ -322,10 +326,7 @@ def atom_kernel(*, features: int, max_degree: int, support, dtype) -> AtomKernel
         **real,
         "E3MD_F": features,
         "E3MD_L": max_degree,
-        "E3MD_NNZ": support.shape[0],
-        "E3MD_SI": ",".join(map(str, support[:, 0])),
-        "E3MD_SJ": ",".join(map(str, support[:, 1])),
-        "E3MD_SK": ",".join(map(str, support[:, 2])),
+        **_support_defines(support),
     }
     targets = _targets("atom", defines, ("fwd", "bwd"))
     return None if targets is None else AtomKernel(targets)

@@ -148,7 +148,18 @@ def _chunked_messages(
 
 
 def _class_messages(
-    table, basis, weights, src_idx, dst_idx, input_index, *, num_segments, edge_chunk, dense, tensor
+    table,
+    basis,
+    weights,
+    src_idx,
+    dst_idx,
+    input_index,
+    *,
+    num_segments,
+    edge_chunk,
+    dense,
+    tensor,
+    params,
 ):
     r"""``MessagePass`` for inputs that depend only on the sender's class: ``x_j = t[c_j]``.
 
@@ -183,10 +194,57 @@ def _class_messages(
     else:
         edge_arrays = (tuple(basis) if factored else basis, weights, seg)
         summed = _edge_sum(block, edge_arrays, (0, 0, size), edge_chunk)
+    products = _scalar_class_products(summed, table, tensor, params, num_segments)
+    if products is not None:
+        return products
     filters = dense(summed)  # [N*S, 1, LMb, F]
     x = jnp.broadcast_to(table, (num_segments, *table.shape)).reshape(-1, *table.shape[1:])
     products = tensor(filters, x)
     return products.reshape(num_segments, num_classes, *products.shape[1:]).sum(axis=1)
+
+
+def _scalar_class_products(summed, table, tensor, params, num_segments):
+    r"""The filter and product of :func:`_class_messages` summed over the classes, for scalar
+    class features (``table [S, 1, 1, F]``) and a FusedTensor whose coupling is diagonal (row
+    ``i`` of the filter to row ``i`` of the output, as a degree-0 factor gives), else None:
+
+    .. math::
+        m_{nif} = T_{i0if} \sum_{s,k} B_{nsik}\, W_{\ell(i)kf}\, t_{sf}
+
+    with the per-class basis sums ``B = summed`` and the filter weights ``W``: one contraction
+    over (class, radial function) per row instead of ``[N, S, LMb, F]`` filters, a product per
+    class and a sum over classes (the same function, fewer and smaller XLA operations)."""
+    num_classes, p1, lmb = table.shape[0], summed.shape[-3], summed.shape[-2]
+    if not isinstance(tensor, FusedTensor) or table.shape[1:3] != (1, 1) or p1 != 1:
+        return None
+    lb = round(math.sqrt(lmb)) - 1
+    names = [f"{l}{'+-'[l % 2]}" for l in range(lb + 1)]  # the filter's (no bias: input_index)
+    kernels = params[tensor.name]
+    dtype = tensor.dtype or jnp.result_type(summed, table, *kernels.values())
+    kernels = {k: v.astype(dtype) for k, v in kernels.items()}
+    form = coupling_form(
+        kernels,
+        1,
+        1,
+        lb,
+        0,
+        tensor.max_degree,
+        tensor.include_pseudotensors,
+        tensor.cartesian_order,
+    )
+    if form is None:
+        return None
+    t, support, (p3, lm3) = form
+    n3 = p3 * lm3
+    if n3 > lmb or not np.array_equal(support, [(i, 0, i) for i in range(n3)]):
+        return None
+    degree = np.repeat(np.arange(lb + 1), 2 * np.arange(lb + 1) + 1)[:n3]
+    w = jnp.stack([params["filter"][n]["kernel"] for n in names]).astype(dtype)[degree]
+    q = w[:, None] * table[:, 0, 0, :].astype(dtype)[None, :, None, :]  # [n3, S, K, F]
+    b = summed.reshape(num_segments, num_classes, lmb, -1)[:, :, :n3].astype(dtype)
+    rows = jnp.einsum("nsik,iskf->nif", b, q, precision=tensor.precision)
+    out = rows * t[np.arange(n3), 0, np.arange(n3)]
+    return out.reshape(num_segments, p3, lm3, out.shape[-1])
 
 
 def _class_sums(kernel, radial, angular, weights, seg, size):
@@ -536,6 +594,7 @@ class MessagePass(nn.Module):
                 edge_chunk=edge_chunk,
                 dense=dense,
                 tensor=tensor,
+                params=self.variables["params"],
             )
         if edge_chunk is not None:
             return _chunked_messages(
