@@ -449,7 +449,9 @@ class MessagePass(nn.Module):
             ``[S, P, LM, F]`` of node classes (e.g. a species embedding) and node ``j`` has the
             features ``inputs[input_index[j]]``. The same function, computed by summing the
             weighted basis per (receiver, sender class) first and applying filter and product
-            per receiver and class: per-edge work O(LMb K) instead of O(LMb F). Needs per-edge
+            per receiver and class: per-edge work O(LMb K) instead of O(LMb F); for scalar
+            classes (``[S, 1, 1, F]``) and a FusedTensor, filter, product and the sum over
+            classes are one contraction per receiver and row. Needs per-edge
             scalar ``weights`` (``[E, 1, 1, 1]``) and ``use_basis_bias=False``. With a
             factored basis on CPU, inside :func:`e3md.nn.cpu_kernels.reverse_mode_only`, the
             per-class sums run as a compiled kernel (same function, reverse mode only).
