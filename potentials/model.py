@@ -214,13 +214,15 @@ def _atom_layers(config: ModelConfig, params: dict, t: int, x: Array, m: Array):
     from e3md.nn.tensor import _coupling_support, _coupling_tensor, _effective_pseudotensors
 
     L, F = config.max_degree, config.num_features
+    if x.shape[-3] != 1 or x.shape[-2] > (L + 1) ** 2:
+        return None
     dtype = jnp.dtype(config.dtype)
     product = enn.FusedTensor(max_degree=L, include_pseudotensors=False, dtype=dtype)
     pseudo = _effective_pseudotensors(1, 1, L, L, L, product.include_pseudotensors)
     form = (1, 1, L, L, L, pseudo, product.cartesian_order)
     support = np.argwhere(_coupling_support(*form))
     kernel = cpu_kernels.atom_kernel(features=F, max_degree=L, support=support, dtype=dtype)
-    if kernel is None or x.shape[-3] != 1 or x.shape[-2] > (L + 1) ** 2:
+    if kernel is None:
         return None
     names = ("update", "self_a", "self_b", "mix")
     prm = {name: params[f"{name}_{t}"] for name in names}
@@ -328,7 +330,8 @@ class EnergyModel(nn.Module):
             jnp.arange(cfg.num_species)
         )
         x = table[z]  # [N,1,1,F]
-        if symmetric_rows is not None and not self.is_initializing():
+        rows_given = symmetric_rows is not None and not self.is_initializing()
+        if rows_given:
             # the same edges as receiver-major rows [N, M] of a symmetric list: message passes
             # on node features use MessagePass(symmetric=True) (no scatter in reverse mode)
             shape = (num_atoms, symmetric_rows)
@@ -351,7 +354,7 @@ class EnergyModel(nn.Module):
                 name=f"message_{t}",
                 **kw,
             )
-            if t > 0 and symmetric_rows is not None and not self.is_initializing():
+            if t > 0 and rows_given:
                 m = message_pass(x, row_basis, row_weights, **rows)
             else:
                 with promise():
@@ -366,10 +369,9 @@ class EnergyModel(nn.Module):
                         input_index=z if t == 0 else None,
                     )
             fused = None
-            if cfg.self_product and out_degree > 0 and symmetric_rows is not None:
-                if not self.is_initializing():
-                    with promise():
-                        fused = _atom_layers(cfg, self.variables["params"], t, x, m)
+            if cfg.self_product and out_degree > 0 and rows_given:
+                with promise():
+                    fused = _atom_layers(cfg, self.variables["params"], t, x, m)
             if fused is not None:
                 x = fused
                 continue
