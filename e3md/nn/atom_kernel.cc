@@ -117,34 +117,6 @@ inline void rows_at(const real* p, V* out) {
   for (int r = 0; r < LM; ++r) out[r] = load<kW>(p + r * B * F);
 }
 
-// exp(x) for x <= 0 (0 below the smallest normal number): 2^n times a Taylor series of the
-// remainder |x - n ln 2| <= ln 2 / 2, to about the float type's rounding (NaN stays NaN).
-template <class T>
-struct Bits;
-template <>
-struct Bits<float> {
-  typedef int32_t type;
-  static constexpr int kMantissa = 23, kBias = 127, kTerms = 9;
-  static constexpr float kMin = -87.0f;
-};
-template <>
-struct Bits<double> {
-  typedef int64_t type;
-  static constexpr int kMantissa = 52, kBias = 1023, kTerms = 15;
-  static constexpr double kMin = -708.0;
-};
-inline V exp_nonpositive(V x) {
-  using I = typename Bits<real>::type;
-  typedef I VI __attribute__((vector_size(kW * sizeof(I))));
-  constexpr real kRound = real(3) * real(I(1) << (Bits<real>::kMantissa - 1));  // 1.5 * 2^m
-  const V y = x < Bits<real>::kMin ? V{} + Bits<real>::kMin : x;
-  const V n = (y * real(1.44269504088896340736) + kRound) - kRound;
-  const V r = (y - n * real(6.93145751953125e-1)) - n * real(1.42860682030941723212e-6);
-  V p = V{} + real(1);
-  for (int i = Bits<real>::kTerms; i >= 1; --i) p = p * r * (real(1) / i) + real(1);
-  const VI bits = (__builtin_convertvector(n, VI) + Bits<real>::kBias) << Bits<real>::kMantissa;
-  return x < Bits<real>::kMin ? V{} : p * (V)bits;
-}
 inline V sigmoid(V x) {  // 1 / (1 + exp(-x)) without overflow
   const V e = exp_nonpositive(x < 0 ? x : -x), q = real(1) / (real(1) + e);
   return x < 0 ? e * q : q;

@@ -47,7 +47,6 @@ constexpr int kBatch = 8;         // edges per vector
 constexpr int64_t kBlock = 1024;  // edges per block of parallel_for (a multiple of kBatch)
 
 typedef double V __attribute__((vector_size(kBatch * sizeof(double))));
-typedef int64_t VI __attribute__((vector_size(kBatch * sizeof(int64_t))));
 
 inline V splat(double c) { return V{} + c; }
 inline V vsqrt(V x) {
@@ -61,8 +60,6 @@ inline V vsqrt(V x) {
   return v;
 #endif
 }
-// x rounded to the nearest integer, |x| < 2^51 (adding and subtracting 1.5 * 2^52)
-inline V vround(V x) { return (x + 6755399441055744.0) - 6755399441055744.0; }
 
 // A value and its gradient with respect to the three components of u.
 struct Dual {
@@ -118,22 +115,18 @@ void solid_harmonics(const T& x, const T& y, const T& z, T* out) {
     }
 }
 
-// Taylor coefficients of cos and sin (around 0, 11 terms each) and exp (13 terms).
+// Taylor coefficients of cos and sin (around 0, 11 terms each).
 struct Series {
-  double cos[11], sin[11], exp[13];
+  double cos[11], sin[11];
 };
 constexpr Series series() {
   Series c{};
-  double fc = 1, fs = 1, fe = 1;  // 1/(2n)!, 1/(2n+1)!, 1/n!
-  for (int n = 0; n < 13; ++n) {
-    if (n < 11) {
-      c.cos[n] = (n % 2 ? -1 : 1) * fc;
-      c.sin[n] = (n % 2 ? -1 : 1) * fs;
-      fc /= double((2 * n + 1) * (2 * n + 2));
-      fs /= double((2 * n + 2) * (2 * n + 3));
-    }
-    c.exp[n] = fe;
-    fe /= double(n + 1);
+  double fc = 1, fs = 1;  // 1/(2n)!, 1/(2n+1)!
+  for (int n = 0; n < 11; ++n) {
+    c.cos[n] = (n % 2 ? -1 : 1) * fc;
+    c.sin[n] = (n % 2 ? -1 : 1) * fs;
+    fc /= double((2 * n + 1) * (2 * n + 2));
+    fs /= double((2 * n + 2) * (2 * n + 3));
   }
   return c;
 }
@@ -151,17 +144,6 @@ inline void sincos_0_pi(V theta, V& s, V& c) {
   }
   s = t * sn;
   c = upper ? -cs : cs;
-}
-
-// exp(a) for a <= 0: 2^n e^f with |f| <= ln(2)/2 (degree 12: error < 3e-16); 0 below -700.
-inline V exp_nonpositive(V a) {
-  const V x = a < -700 ? splat(-700) : a;
-  const V n = vround(x * 1.4426950408889634);
-  const V f = (x - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
-  V p = V{};
-  for (int i = 12; i >= 0; --i) p = p * f + kSeries.exp[i];
-  const VI bits = (__builtin_convertvector(n, VI) + 1023) << 52;
-  return a < -700 ? V{} : p * (V)bits;
 }
 
 // g_k(r) c(r) and, with kSlope, its derivative in r (NaN in, NaN out); inv_r = 1/r (0 at 0).
