@@ -19,7 +19,7 @@ from jaxtyping import Array, Bool, Float, Integer
 from e3md.nn import cpu_kernels, rows
 from e3md.nn.dense import Dense
 from e3md.nn.ops import gather_src, indexed_sum
-from e3md.nn.tensor import FusedTensor, Tensor, coupling_form
+from e3md.nn.tensor import FusedTensor, Tensor, _degrees, coupling_form
 
 __all__ = ["MessagePass"]
 
@@ -238,7 +238,7 @@ def _scalar_class_products(summed, table, tensor, params, num_segments):
     n3 = p3 * lm3
     if n3 > lmb or not np.array_equal(support, [(i, 0, i) for i in range(n3)]):
         return None
-    degree = np.repeat(np.arange(lb + 1), 2 * np.arange(lb + 1) + 1)[:n3]
+    degree = _degrees(lb)[:n3]
     w = jnp.stack([params["filter"][n]["kernel"] for n in names]).astype(dtype)[degree]
     q = w[:, None] * table[:, 0, 0, :].astype(dtype)[None, :, None, :]  # [n3, S, K, F]
     b = summed.reshape(num_segments, num_classes, lmb, -1)[:, :, :n3].astype(dtype)
