@@ -211,6 +211,7 @@ def _atom_layers(config: ModelConfig, params: dict, t: int, x: Array, m: Array):
     rows, zero-padded to ``(L+1)^2``), ``m [N, 1, (L+1)^2, F]`` the messages."""
     import e3md.nn as enn
     from e3md.nn import cpu_kernels
+    from e3md.nn.dense import degree_names
     from e3md.nn.tensor import _coupling_support, _coupling_tensor, _effective_pseudotensors
 
     L, F = config.max_degree, config.num_features
@@ -237,7 +238,7 @@ def _atom_layers(config: ModelConfig, params: dict, t: int, x: Array, m: Array):
         return dense.apply({"params": prm["mix"]}, enn.silu(x))
 
     def packed(prm):
-        degree = [f"{l}{'+-'[l % 2]}" for l in range(L + 1)]
+        degree = degree_names(L)
         w = jnp.stack([jnp.stack([prm[n][d]["kernel"] for d in degree]) for n in names])
         bias = jnp.stack([prm[n]["0+"]["bias"] for n in names])
         kernels = {k: v.astype(dtype) for k, v in prm["product"].items()}

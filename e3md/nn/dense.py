@@ -27,6 +27,11 @@ Dtype = Any
 Initializer = Any
 
 
+def degree_names(max_degree: int) -> list[str]:
+    """The parameter sub-tree names of a ``P = 1`` Dense, one per degree: ``'0+', '1-', ...``."""
+    return [f"{l}{'+-'[l % 2]}" for l in range(max_degree + 1)]
+
+
 def max_degree_of(shape: tuple[int, ...]) -> int:
     """Maximum degree L of features of shape ``(..., P, (L+1)**2, F)``.
 
@@ -141,7 +146,7 @@ class Dense(nn.Module):
             max_degree = max_degree_of(inputs.shape)
         degrees = range(max_degree + 1)
         if inputs.shape[-3] == 1:
-            names = [f"{l}{'+-'[l % 2]}" for l in degrees]
+            names = degree_names(max_degree)
             channels = [(0, names)]
         else:
             channels = [(0, [f"{l}+" for l in degrees]), (1, [f"{l}-" for l in degrees])]

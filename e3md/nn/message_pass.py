@@ -17,7 +17,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Integer
 
 from e3md.nn import cpu_kernels, rows
-from e3md.nn.dense import Dense
+from e3md.nn.dense import Dense, degree_names
 from e3md.nn.ops import gather_src, indexed_sum
 from e3md.nn.tensor import FusedTensor, Tensor, _degrees, coupling_form
 
@@ -218,7 +218,6 @@ def _scalar_class_products(summed, table, tensor, params, num_segments):
     if not isinstance(tensor, FusedTensor) or table.shape[1:3] != (1, 1) or p1 != 1:
         return None
     lb = round(math.sqrt(lmb)) - 1
-    names = [f"{l}{'+-'[l % 2]}" for l in range(lb + 1)]  # the filter's (no bias: input_index)
     kernels = params[tensor.name]
     dtype = tensor.dtype or jnp.result_type(summed, table, *kernels.values())
     kernels = {k: v.astype(dtype) for k, v in kernels.items()}
@@ -239,7 +238,8 @@ def _scalar_class_products(summed, table, tensor, params, num_segments):
     if n3 > lmb or not np.array_equal(support, [(i, 0, i) for i in range(n3)]):
         return None
     degree = _degrees(lb)[:n3]
-    w = jnp.stack([params["filter"][n]["kernel"] for n in names]).astype(dtype)[degree]
+    # the filter's weights (no bias with input_index)
+    w = jnp.stack([params["filter"][n]["kernel"] for n in degree_names(lb)]).astype(dtype)[degree]
     q = w[:, None] * table[:, 0, 0, :].astype(dtype)[None, :, None, :]  # [n3, S, K, F]
     b = summed.reshape(num_segments, num_classes, lmb, -1)[:, :, :n3].astype(dtype)
     rows = jnp.einsum("nsik,iskf->nif", b, q, precision=tensor.precision)
@@ -302,9 +302,7 @@ def _symmetric_messages(
         )
     if form is not None:
         t, support, (p3, lm3) = form
-        wk = jnp.stack(
-            [params["filter"][f"{l}{'+-'[l % 2]}"]["kernel"] for l in range(lb + 1)]
-        ).astype(dtype)
+        wk = jnp.stack([params["filter"][n]["kernel"] for n in degree_names(lb)]).astype(dtype)
         out = rows.coupling_row_messages(
             wk,
             t,
