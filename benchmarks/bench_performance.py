@@ -823,6 +823,14 @@ def largest_fit(
     return dict(size=size, model=name, points=points, atoms=int(estimate), error=error)
 
 
+def _malloc_note() -> str:
+    from e3md import memory
+
+    if memory.keep_freed_memory():
+        return "malloc: glibc keeps freed memory (e3md.memory, as on import e3md)"
+    return "malloc: the C library's defaults (E3MD_MALLOC=system, or not glibc)"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="192 atoms only, 5 rounds")
@@ -880,6 +888,7 @@ def main(argv=None):
                 for name, tf, tb in parts:
                     print(f"| {name} | {tf:.1f} | {tb:.1f} |", flush=True)
         return parts
+    print(f"# {_malloc_note()}")
     if args.scaling:
         out = []
         for size in sizes:

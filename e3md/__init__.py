@@ -5,6 +5,11 @@ Layers (see README): ``e3md.so3`` (equivariant math), ``e3md.nn`` (layers),
 adapters ``e3md.ase`` and ``e3md.openmm``.
 """
 
+from e3md import memory as _memory
 from e3md._version import __version__
+
+# before any JAX computation: XLA's per-call temporaries are reused instead of faulted in anew
+# (e3md.memory; E3MD_MALLOC=system keeps the C library's defaults)
+_memory.keep_freed_memory()
 
 __all__ = ["__version__"]
