@@ -826,9 +826,11 @@ def largest_fit(
 def _malloc_note() -> str:
     from e3md import memory
 
-    if memory.keep_freed_memory():
-        return "malloc: glibc keeps freed memory (e3md.memory, as on import e3md)"
-    return "malloc: the C library's defaults (E3MD_MALLOC=system, or not glibc)"
+    tunables = os.environ.get("GLIBC_TUNABLES")
+    extra = f"; GLIBC_TUNABLES={tunables}" if tunables else ""
+    if memory.kept():
+        return "malloc: glibc keeps freed memory (E3MD_MALLOC=keep, e3md.memory)" + extra
+    return "malloc: the C library's defaults (E3MD_MALLOC=keep keeps freed memory)" + extra
 
 
 def main(argv=None):

@@ -8,8 +8,9 @@ adapters ``e3md.ase`` and ``e3md.openmm``.
 from e3md import memory as _memory
 from e3md._version import __version__
 
-# before any JAX computation: XLA's per-call temporaries are reused instead of faulted in anew
-# (e3md.memory; E3MD_MALLOC=system keeps the C library's defaults)
-_memory.keep_freed_memory()
+# E3MD_MALLOC=keep: XLA's per-call temporaries are reused instead of faulted in anew
+# (e3md.memory; it must happen before the first JAX computation, so on import)
+if _memory.malloc_mode() == "keep":
+    _memory.keep_freed_memory()
 
 __all__ = ["__version__"]

@@ -1,4 +1,4 @@
-"""Keep the memory XLA frees, instead of returning it to the system after every call.
+"""Optionally keep the memory XLA frees, instead of returning it to the system after every call.
 
 Why: XLA's CPU runtime allocates each call's temporary buffers as one block and frees it at
 the end of the call. Past a few tens of MB (e3md's small model from about 4000 atoms on), glibc's
@@ -12,14 +12,23 @@ alone cannot change this.
 :func:`keep_freed_memory` therefore sets, through ``mallopt``: one arena for all threads
 (``M_ARENA_MAX = 1``), no ``mmap`` for allocations (``M_MMAP_MAX = 0``: large blocks come from
 the heap) and no trimming of the heap's top (``M_TRIM_THRESHOLD``), so a freed block is reused
-by the next call. The same 12288-atom call then takes 80-84 ms with no page faults, and the time
-per atom no longer grows with the system size. The cost: the process keeps its peak heap size
-(memory freed is reused, not returned), which suits a simulation process.
+by the next call. The same 12288-atom call then takes 80-84 ms with no page faults.
 
-``import e3md`` calls it (once per process) on Linux with glibc, unless the environment sets
-``E3MD_MALLOC=system``. It only takes effect for threads that have not allocated yet, so it
-must run before the first JAX computation of the process: import e3md before running anything
-in JAX (the ``e3md`` command line does). On other C libraries it does nothing.
+It is not the default, because of what it costs: freed memory stays with the process, and
+blocks that later small allocations split are not always reused, so a process that runs
+several large programs in turn can hold close to the sum of their temporaries (a benchmark
+interleaving e3md with e3x and NequIP models of 12288 atoms grew to 24 GB and was killed);
+LLVM's threads also share one arena, so compiling takes ~0.2 s longer. For one large system
+evaluated call after call (ASE or OpenMM dynamics, ``e3md evaluate``), it is 1.3-1.5x faster.
+e3md's own MD driver hardly needs it: its steps run inside one XLA call per chunk, which
+allocates its temporaries once.
+
+Turn it on with ``E3MD_MALLOC=keep`` in the environment (read when e3md is imported), or call
+:func:`keep_freed_memory` yourself. It only reaches threads that have not allocated yet, so it
+must happen before the first JAX computation of the process. It does nothing on C libraries
+other than glibc. A setting that needs no such care, at a smaller gain (98 ms for the call
+above: the pages still get zeroed, but 2 MB at a time), is glibc's own
+``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` set before Python starts.
 """
 
 import ctypes
@@ -27,7 +36,7 @@ import logging
 import os
 import platform
 
-__all__ = ["keep_freed_memory", "malloc_mode"]
+__all__ = ["keep_freed_memory", "kept", "malloc_mode"]
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +50,9 @@ _applied = False
 
 
 def malloc_mode() -> str:
-    """``E3MD_MALLOC`` as read by :func:`keep_freed_memory`: ``"keep"`` (default) or
-    ``"system"``."""
-    mode = os.environ.get("E3MD_MALLOC", "keep").strip().lower()
+    """``E3MD_MALLOC`` from the environment: ``"system"`` (default, the C library's own
+    settings) or ``"keep"`` (:func:`keep_freed_memory` when e3md is imported)."""
+    mode = os.environ.get("E3MD_MALLOC", "system").strip().lower()
     if mode not in ("keep", "system"):
         raise ValueError(f"E3MD_MALLOC must be 'keep' or 'system', got {mode!r}")
     return mode
@@ -54,12 +63,12 @@ def keep_freed_memory() -> bool:
 
     Returns:
       True if the settings are in effect for this process (applied now or before), False where
-      ``E3MD_MALLOC=system`` or the C library is not glibc.
+      the C library is not glibc.
     """
     global _applied
     if _applied:
         return True
-    if malloc_mode() == "system" or platform.system() != "Linux":
+    if platform.system() != "Linux":
         return False
     if platform.libc_ver()[0] != "glibc":
         return False
@@ -78,3 +87,8 @@ def keep_freed_memory() -> bool:
     _applied = ok
     log.debug("glibc malloc set to keep freed memory: %s", ok)
     return ok
+
+
+def kept() -> bool:
+    """Whether :func:`keep_freed_memory` is in effect in this process."""
+    return _applied

@@ -1,5 +1,6 @@
-"""e3md.memory: with e3md imported first, a jitted call's large temporaries are reused, not
-faulted in anew every call (each case in a fresh process: the setting is per process)."""
+"""e3md.memory: with ``E3MD_MALLOC=keep`` and e3md imported first, a jitted call's large
+temporaries are reused, not faulted in anew every call; by default the C library's settings stay
+(each case in a fresh process: the setting is per process)."""
 
 import os
 import platform
@@ -32,7 +33,7 @@ before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(4):
     call()
 faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4
-print(temp, faults, e3md._memory.keep_freed_memory())
+print(temp, faults, e3md._memory.kept())
 """
 
 
@@ -50,13 +51,13 @@ def _run(mode=None):
 
 
 def test_large_temporaries_are_reused_across_calls():
-    temp, faults_system, applied = _run("system")
-    assert not applied
+    temp, faults_system, applied = _run()
+    assert not applied  # not by default
     pages = temp / os.sysconf("SC_PAGE_SIZE")
     assert pages > 10_000, "the test needs a large temporary buffer"
     if faults_system < 0.5 * pages:
         pytest.skip("this C library reuses the block without e3md's settings")
-    _, faults_keep, applied = _run()
+    _, faults_keep, applied = _run("keep")
     assert applied
     assert faults_keep < 0.02 * pages, (faults_keep, faults_system, pages)
 
