@@ -19,7 +19,7 @@ blocks that later small allocations split are not always reused, so a process th
 several large programs in turn can hold close to the sum of their temporaries (a benchmark
 interleaving e3md with e3x and NequIP models of 12288 atoms grew to 24 GB and was killed);
 LLVM's threads also share one arena, so compiling takes ~0.2 s longer. For one large system
-evaluated call after call (ASE or OpenMM dynamics, ``e3md evaluate``), it is 1.3-1.5x faster.
+evaluated call after call (ASE or OpenMM dynamics), it is 1.3-1.5x faster per call.
 e3md's own MD driver hardly needs it: its steps run inside one XLA call per chunk, which
 allocates its temporaries once.
 
