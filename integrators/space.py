@@ -2,7 +2,8 @@ r"""Spaces for MD from an ``ase.Atoms``: free space for molecules, fractional pe
 
 * non-periodic (``pbc`` all False): ``jax_md.space.free()``, Cartesian positions in Å;
   neighbour lists without cell list (small molecules).
-* fully periodic: ``jax_md.space.periodic_general(box, fractional_coordinates=True)`` with
+* fully periodic: ``e3md.space.periodic_general(box, fractional_coordinates=True)`` (jax-md's
+  ``periodic_general`` with a vectorised minimum image, see :mod:`e3md.space`) with
   ``box = cell.T`` (lattice vectors as columns, upper triangular: a general cell is first
   rotated into ASE's standard form), positions as fractional coordinates. This is the space
   jax-md's NPT integrator expects, and NVE/NVT use it too.
@@ -69,6 +70,8 @@ def make_space(atoms, cutoff: float, dtype=np.float64) -> Space:
     """
     from jax_md import space
 
+    from e3md.space import periodic_general
+
     R = np.asarray(atoms.get_positions(), dtype=float)
     if not np.all(np.isfinite(R)):
         bad = np.argwhere(~np.isfinite(R).all(axis=1)).ravel()
@@ -100,7 +103,7 @@ def make_space(atoms, cutoff: float, dtype=np.float64) -> Space:
     box = rcell.T.astype(dtype)  # columns = lattice vectors, upper triangular
     frac = np.linalg.solve(rcell.T, (R @ rot).T).T
     frac = np.mod(frac, 1.0)
-    displacement_fn, shift_fn = space.periodic_general(box, fractional_coordinates=True)
+    displacement_fn, shift_fn = periodic_general(box, fractional_coordinates=True)
     return Space(
         displacement_fn,
         shift_fn,

@@ -59,7 +59,9 @@ def neighbor_list(
       config: model configuration.
       params: model parameters (flax variables dict).
       displacement_fn: jax-md displacement function (``space.free()``,
-        ``space.periodic(side)``, ``space.periodic_general(box, fractional_coordinates=...)``).
+        ``space.periodic(side)``, ``space.periodic_general(box, fractional_coordinates=...)``);
+        on the CPU, :func:`e3md.space.periodic` and :func:`e3md.space.periodic_general`
+        compute the same periodic displacements faster.
       box: jax-md box in Å (lattice vectors as columns) or ``None`` for free space.
       species: atomic numbers ``[N]`` (host array; unknown elements raise here).
       per_atom: if True, ``energy_fn`` returns per-atom energies ``[N]`` instead of the sum.
