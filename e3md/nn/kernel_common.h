@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <thread>
 #include <type_traits>
 #include <utility>
@@ -32,25 +33,37 @@ inline int64_t tasks_for(ffi::ThreadPool& pool, int64_t n, int64_t block) {
 // body(begin, end, task) over the items [0, n) in blocks of `block`, on this thread and the
 // pool's; blocks are taken dynamically, so a thread slowed by other work does not hold the
 // call up. `task` < tasks_for(pool, n, block) numbers the thread (for per-thread sums).
+//
+// The call returns once every block is done; it does not wait for helpers that have not
+// started. A pool thread that wakes late (tens to hundreds of µs in a VM) finds no block left
+// and touches nothing of the caller's, so at small sizes the caller does the blocks alone
+// instead of idling until the helper wakes. The counters live on the heap, shared with the
+// helpers; `body` is reached only through a claimed block, and the caller waits for each helper
+// that announced itself (`active`) before claiming, so none can claim after the caller saw
+// the last block taken and `active` at zero (all seq_cst).
 template <class Body>
 void parallel_for(ffi::ThreadPool& pool, int64_t n, int64_t block, Body body) {
   const int64_t blocks = (n + block - 1) / block;
   const int64_t tasks = tasks_for(pool, n, block);
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
-  auto work = [&](int64_t task) {
-    for (int64_t b = next.fetch_add(1); b < blocks; b = next.fetch_add(1)) {
-      body(b * block, std::min(n, (b + 1) * block), task);
-    }
+  struct Counters {
+    std::atomic<int64_t> next{0};    // the next block to claim
+    std::atomic<int64_t> active{0};  // helpers that may still claim or run a block
   };
+  const auto counters = std::make_shared<Counters>();
+  Body* const run = &body;
   for (int64_t t = 1; t < tasks; ++t) {
-    pool.Schedule([&, t] {
-      work(t);
-      done.fetch_add(1, std::memory_order_release);
+    pool.Schedule([counters, run, blocks, block, n, t] {
+      counters->active.fetch_add(1);
+      for (int64_t b = counters->next.fetch_add(1); b < blocks; b = counters->next.fetch_add(1)) {
+        (*run)(b * block, std::min(n, (b + 1) * block), t);
+      }
+      counters->active.fetch_sub(1);
     });
   }
-  work(0);
-  while (done.load(std::memory_order_acquire) < tasks - 1) std::this_thread::yield();
+  for (int64_t b = counters->next.fetch_add(1); b < blocks; b = counters->next.fetch_add(1)) {
+    body(b * block, std::min(n, (b + 1) * block), 0);
+  }
+  while (counters->active.load() > 0) std::this_thread::yield();
 }
 
 // The lanes of the widest vector of at most 64 bytes whose lanes divide n.
