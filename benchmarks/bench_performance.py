@@ -1,6 +1,8 @@
 """Issue 9: energy+forces throughput of the e3md potential vs equal-size peers (one run).
 
-Contenders, all on the SAME periodic water box and the SAME jax-md neighbour list (cutoff
+Contenders, all on the SAME periodic water box, the SAME displacement function
+(``e3md.space.periodic``, jax-md's ``space.periodic`` with a vectorised minimum image;
+``--displacement jax-md`` for jax-md's own) and the SAME jax-md neighbour list (cutoff
 5 Å, no skin): the peers share its ``Sparse`` format (``capacity_multiplier`` 1.25, jax-md's
 default, so padded edges are shared as well), e3md uses its defaults, the ``Dense`` format of
 the same list (rows of ``M`` slots per atom, ``M`` = 1.1 x the largest neighbour count, about
@@ -23,9 +25,10 @@ default, 12288 and ~100k with ``--large``. For each (size, atoms) cell every
 contender is compiled first (compile time = trace + lower + XLA compile), then the timed calls
 are interleaved round-robin (``--rounds``) after a warm-up and the median is reported, so the
 ratios of one cell come from the same run under the same machine load. In each round every
-contender makes one untimed call right before its timed one (as in MD, where the potential is
-called once per step), so no contender is timed on caches and buffers its predecessor left
-cold (until session 7 the timed call came right after the previous contender's).
+contender makes untimed calls for at least 20 ms (``--warm-up-s``; at least one call) right
+before its timed one (as in MD, where the potential is called once per step, back to back), so
+no contender is timed on caches, buffers and cores its predecessor left cold (until session 7
+the timed call came right after the previous contender's; until session 16 one untimed call).
 
 Columns: atom-steps/s = atoms / median seconds per energy+forces call; ``x nequip`` = ratio
 to nequip in the same cell; ``% peak`` = XLA cost-analysis FLOPs / time / matmul peak, where
@@ -82,6 +85,13 @@ from e3md.potentials.model import EDGE_CHUNK
 SIZES = {"small": (32, 1, 2, 8), "medium": (64, 2, 2, 8)}
 CUTOFF = 5.0  # Å
 CAPACITY = 1.25  # capacity multiplier of the shared Sparse list (jax-md's default)
+# the periodic space all contenders share (--displacement): e3md.space.periodic (jax-md's with a
+# vectorised minimum image) or jax_md.space.periodic (a scalar fmod per component on the CPU)
+DISPLACEMENTS = ("e3md", "jax-md")
+displacement_kind = DISPLACEMENTS[0]
+# untimed calls before each timed one last at least this long (at least one call; see
+# _warm_up)
+WARM_UP_S = 0.02
 MODELS = ("e3md", "e3x Fused", "e3x Tensor", "nequip")
 # also available: e3md compiled with XLA's default options instead of e3md's (A/B of the options)
 E3MD_XLA_DEFAULTS = "e3md xla-defaults"
@@ -528,8 +538,11 @@ def compile_contender(c: Contender, R, nbrs):
 def build_system(num_atoms: int, skin: float = 0.0):
     from jax_md import partition, space
 
+    import e3md.space
+
     pos, z, side = water_box(molecules_per_side(num_atoms))
-    displacement, _ = space.periodic(side)
+    periodic = e3md.space.periodic if displacement_kind == "e3md" else space.periodic
+    displacement, _ = periodic(side)
     jax.clear_caches()  # jax-md 0.2.29 dislikes building two systems in one process otherwise
     neighbor_fn = partition.neighbor_list(
         displacement,
@@ -594,10 +607,7 @@ def run_cell(
     for _ in range(rounds):
         for name, fn in compiled.items():
             c = contenders[name]
-            # an untimed call first: the timed one then starts, as in MD (one call per step),
-            # from its own warm caches and buffers, not from those of the previous contender
-            # (without it, e3md's small working set was measured right after a peer's GiBs)
-            jax.block_until_ready(fn(c.params, R, c.nbrs(nbrs)))
+            _warm_up(fn, (c.params, R, c.nbrs(nbrs)))
             t0 = time.perf_counter()
             jax.block_until_ready(fn(c.params, R, c.nbrs(nbrs)))
             times[name].append(time.perf_counter() - t0)
@@ -624,6 +634,23 @@ def run_cell(
     return info, rows
 
 
+def _warm_up(fn, args):
+    """Untimed calls of ``fn(*args)`` for at least ``WARM_UP_S`` (at least one call), so the timed
+    call that follows starts, as in MD (one call per step, back to back), from its own warm
+    caches and buffers and from a machine busy with it, not from the previous contender's or
+    cell's GiBs (until session 7 the timed call came right after them) or idle cores.
+
+    One call was the warm-up until session 16. On this project's machine (a KVM guest, two
+    vCPUs) a short call needs several: right after a 12288-atom call, or after 80 ms asleep,
+    the 192-atom call took 1.2-2x its back-to-back time for 3-6 calls (BENCHMARKS.md, session
+    16) -- waking the pool's second thread is slow until the cores have been busy a while.
+    """
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    while time.perf_counter() - t0 < WARM_UP_S:
+        jax.block_until_ready(fn(*args))
+
+
 def scaling(size: str, atoms: list[int], rounds: int, name: str = "e3md"):
     """Time per atom of one contender at every atom count, with the rounds interleaved across
     the atom counts (every system compiled first): a phase change of the machine then hits all
@@ -643,7 +670,7 @@ def scaling(size: str, atoms: list[int], rounds: int, name: str = "e3md"):
     times = {n: [] for n, *_ in cells}
     for _ in range(rounds):
         for n, fn, args in cells:
-            jax.block_until_ready(fn(*args))  # untimed first call, as in run_cell
+            _warm_up(fn, args)
             t0 = time.perf_counter()
             jax.block_until_ready(fn(*args))
             times[n].append(time.perf_counter() - t0)
@@ -834,6 +861,7 @@ def _malloc_note() -> str:
 
 
 def main(argv=None):
+    global displacement_kind, WARM_UP_S
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="192 atoms only, 5 rounds")
     ap.add_argument("--large", action="store_true", help="add 12288 atoms and ~100k")
@@ -843,6 +871,18 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--mem-limit-gib", type=float, default=None)
     ap.add_argument("--skin", type=float, default=0.0, help="neighbour-list skin, Å")
+    ap.add_argument(
+        "--displacement",
+        choices=DISPLACEMENTS,
+        default=displacement_kind,
+        help="periodic space of all contenders: e3md.space.periodic or jax_md.space.periodic",
+    )
+    ap.add_argument(
+        "--warm-up-s",
+        type=float,
+        default=WARM_UP_S,
+        help="untimed calls before each timed one for at least this long (0: one call)",
+    )
     ap.add_argument("--json", default=None, help="also write the raw results to this file")
     ap.add_argument("--profile", action="store_true", help="time e3md's components instead")
     ap.add_argument(
@@ -867,6 +907,7 @@ def main(argv=None):
         help="compile the peers with e3md's XLA options too (default: XLA's defaults)",
     )
     args = ap.parse_args(argv)
+    displacement_kind, WARM_UP_S = args.displacement, args.warm_up_s
     edge_chunk = None if args.edge_chunk.lower() == "none" else int(args.edge_chunk)
     names = [s.strip() for s in args.models.split(",") if s.strip()]
     unknown = sorted(set(names) - set(MODELS) - set(E3MD_VARIANTS))
@@ -891,6 +932,10 @@ def main(argv=None):
                     print(f"| {name} | {tf:.1f} | {tb:.1f} |", flush=True)
         return parts
     print(f"# {_malloc_note()}")
+    print(
+        f"# displacement: {displacement_kind} space.periodic, shared; warm-up: untimed calls"
+        f" for >= {1e3 * WARM_UP_S:g} ms before each timed call"
+    )
     if args.scaling:
         out = []
         for size in sizes:
