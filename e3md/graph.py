@@ -13,7 +13,37 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-__all__ = ["edge_vectors", "edge_vectors_from_shifts", "row_edge_vectors", "rows_to_edge_index"]
+__all__ = [
+    "edge_vectors",
+    "edge_vectors_from_shifts",
+    "row_edge_vectors",
+    "rows_to_edge_index",
+    "take_rows",
+]
+
+
+def take_rows(x: Float[Array, "N C"], idx: Int[Array, " E"]) -> Float[Array, "E C"]:
+    """``x[idx]`` for indices in ``[0, N)``. Inside
+    :func:`e3md.nn.cpu_kernels.reverse_mode_only` on the CPU its reverse mode, the sum of the
+    ``E`` cotangent rows per index, is e3md's kernel
+    (:func:`e3md.nn.cpu_kernels.gather_kernel`) instead of XLA's scatter-add, which runs one
+    row at a time; the same function, and its own derivative is XLA's."""
+    from e3md.nn import cpu_kernels
+
+    kernel = cpu_kernels.gather_kernel(columns=x.shape[-1], dtype=x.dtype) if x.ndim == 2 else None
+    if kernel is None:
+        return x[idx]
+
+    def gather(x):
+        return x[idx]
+
+    def backward(args, g):
+        return (kernel.backward(idx, g, x.shape[0]),)
+
+    def reference_backward(args, g):
+        return jax.vjp(gather, *args)[1](g)
+
+    return cpu_kernels.with_reference_derivative(gather, backward, reference_backward)(x)
 
 
 def edge_vectors(
@@ -56,14 +86,15 @@ def row_edge_vectors(
     """:func:`edge_vectors` of a jax-md ``Dense`` list ``idx[N, M]`` (senders of receiver ``i``
     in row ``i``, padding ``N``), edges receiver-major as :func:`rows_to_edge_index` orders them:
     the same results. Each receiver's position is broadcast along its row instead of gathered
-    per edge, so the reverse pass sums it over the row instead of scattering ``E`` vectors."""
+    per edge, so the reverse pass sums it over the row instead of scattering ``E`` vectors; the
+    senders' positions are gathered with :func:`take_rows`."""
     n, m = idx.shape
     src = idx.reshape(-1)
     dst = jnp.repeat(jnp.arange(n, dtype=idx.dtype), m)
     mask = src < n
     receivers = jnp.broadcast_to(R[:, None, :], (n, m, R.shape[-1])).reshape(n * m, -1)
     disp = jax.vmap(lambda a, b: displacement_fn(a, b, **kwargs))
-    r = disp(R[jnp.where(mask, src, 0)], receivers)
+    r = disp(take_rows(R, jnp.where(mask, src, 0)), receivers)
     r = jnp.where(mask[:, None], r, jnp.zeros((), r.dtype))
     return r, src, dst, mask
 

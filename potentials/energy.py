@@ -30,6 +30,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from e3md import neighbors as _neighbors
 from e3md.graph import edge_vectors, row_edge_vectors
+from e3md.nn.cpu_kernels import reverse_mode_only
 
 __all__ = ["EnergyForcesStress", "energy_forces_stress", "neighbor_list"]
 
@@ -120,7 +121,10 @@ def neighbor_list(
             r, src, dst, mask = edge_vectors(displacement_fn, R, neighbor.idx, **dkw)
         else:
             rows = neighbor.idx.shape[-1]
-            r, src, dst, mask = row_edge_vectors(displacement_fn, R, neighbor.idx, **dkw)
+            # rows of a symmetric list promise reverse mode (atomic_energies' kernels), so the
+            # senders' gather may take its kernel too
+            with reverse_mode_only():
+                r, src, dst, mask = row_edge_vectors(displacement_fn, R, neighbor.idx, **dkw)
         atom_mask = jnp.ones(num_atoms, bool)
         e_i = atomic_energies(
             config,

@@ -349,3 +349,40 @@ def test_atom_layers_are_the_model_layers(features, max_degree, rows0, dtype, rn
         second = jax.jit(lambda p: (jax.grad(h, 1)(fused, p), jax.grad(h, 1)(layers, p)))
         for a, b in zip(*map(jax.tree.leaves, second(params)), strict=True):
             close(a, b)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("rows_", [5, 3000])  # one block of edges; several, on both threads
+def test_take_rows_reverse_mode_is_the_scatter_add(dtype, rows_, rng):
+    """e3md.graph.take_rows inside reverse_mode_only (the kernel's sum per row) against XLA's
+    gather: values, the cotangent (repeated and absent indices), and a second derivative."""
+    from e3md.graph import take_rows
+
+    edges = 40 * rows_
+    assert cpu_kernels.gather_kernel(columns=3, dtype=dtype) is None  # forward mode
+    x = jnp.asarray(rng.normal(size=(rows_, 3)), dtype)
+    idx = jnp.asarray(rng.integers(0, max(rows_ - 2, 1), size=edges))  # the last rows unused
+    ct = jnp.asarray(rng.normal(size=(edges, 3)), dtype)
+
+    def fused(x):
+        with cpu_kernels.reverse_mode_only():
+            return take_rows(x, idx)
+
+    tol = dict(rtol=2e-5, atol=2e-4) if dtype == jnp.float32 else dict(rtol=1e-12, atol=1e-11)
+    out, pull = jax.vjp(jax.jit(fused), x)
+    out_ref, pull_ref = jax.vjp(lambda x: x[idx], x)
+    np.testing.assert_array_equal(out, out_ref)
+    (dx,), (dx_ref,) = pull(ct), pull_ref(ct)
+    assert dx.dtype == dtype
+    np.testing.assert_allclose(dx, dx_ref, **tol)
+    assert not np.any(np.asarray(dx[-2:]))  # rows no edge gathers
+
+    def second(f):  # d/dx of <c, d<ct, sin(f(x))>/dx>
+        inner = jax.grad(lambda x: jnp.sum(ct * jnp.sin(f(x))))
+        c = jnp.ones_like(x)
+        return jax.grad(lambda x: jnp.sum(c * inner(x)))(x)
+
+    np.testing.assert_allclose(second(fused), second(lambda x: x[idx]), **tol)
+    with cpu_kernels.reverse_mode_only():
+        hlo = jax.jit(jax.grad(lambda x: jnp.sum(ct * take_rows(x, idx)))).lower(x).as_text()
+    assert "e3md_gather_bwd" in hlo

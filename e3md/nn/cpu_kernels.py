@@ -9,6 +9,8 @@
   harmonics) from the edge vectors, and the edge vectors' cotangent (``basis_kernel.cc``).
 - :func:`atom_kernel`: the per-atom layers of a model iteration (update, self-product, gated
   SiLU, mix) and their input cotangents (``atom_kernel.cc``).
+- :func:`gather_kernel`: the reverse mode of a row gather ``x[idx]``, a sum per row
+  (``gather_kernel.cc``; :func:`e3md.graph.take_rows`).
 
 Each C++ source is compiled with the configuration's sizes (and couplings) as constants, by
 the system's C++ compiler (``$CXX``, else ``c++``/``g++``/``clang++``), for this machine's CPU
@@ -50,10 +52,12 @@ __all__ = [
     "AtomKernel",
     "BasisKernel",
     "ClassSumKernel",
+    "GatherKernel",
     "RowsKernel",
     "atom_kernel",
     "basis_kernel",
     "class_sum_kernel",
+    "gather_kernel",
     "kernels_enabled",
     "reverse_mode_only",
     "rows_kernel",
@@ -186,6 +190,19 @@ class AtomKernel:
         return _call(self.targets["bwd"], _like(x0, m), x0, m, w, bias, t, g)
 
 
+@dataclasses.dataclass(frozen=True)
+class GatherKernel:
+    """The FFI target of a row gather's reverse mode; see ``gather_kernel.cc``."""
+
+    targets: dict[str, str]
+
+    def backward(self, idx, g, rows: int):
+        """``out [rows, C]``: the sums of ``g [E, C]`` over the edges of each ``idx [E]``
+        (indices outside ``[0, rows)`` dropped)."""
+        out = jax.ShapeDtypeStruct((rows, g.shape[-1]), g.dtype)
+        return _call(self.targets["bwd"], out, _int32(idx), g)
+
+
 def with_reference_derivative(forward, backward, reference_backward):
     """``f(*args) = forward(*args)`` with the reverse-mode rule ``backward(args, g)`` -- the
     kernels, which JAX cannot differentiate -- whose own derivative is that of
@@ -311,6 +328,16 @@ def basis_kernel(
     }
     targets = _targets("basis", defines, ("fwd", "bwd"))
     return None if targets is None else BasisKernel(targets, num, (max_degree + 1) ** 2)
+
+
+def gather_kernel(*, columns: int, dtype) -> GatherKernel | None:
+    """The compiled reverse mode of a gather of rows of ``columns`` values, or None where it
+    cannot be used: also outside :func:`reverse_mode_only` (a gather allows forward mode)."""
+    real = _real(dtype)
+    if not kernels_enabled() or real is None or not getattr(_reverse_only, "depth", 0):
+        return None
+    targets = _targets("gather", {**real, "E3MD_C": columns}, ("bwd",))
+    return None if targets is None else GatherKernel(targets)
 
 
 def atom_kernel(*, features: int, max_degree: int, support, dtype) -> AtomKernel | None:

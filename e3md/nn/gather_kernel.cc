@@ -1,0 +1,58 @@
+// The reverse mode of a row gather x[idx] (e3md/graph.py, take_rows: the senders' positions
+// of every edge) as a CPU kernel called through XLA's FFI (e3md/nn/cpu_kernels.py builds and
+// registers it):
+//
+//   out[a, c] = sum_{e: idx[e] = a} g[e, c]      (a < N; indices outside [0, N) dropped)
+//
+// XLA's CPU scatter-add runs as a loop of dynamic-update-slices, one edge per iteration (about
+// 5 % of the small model's energy+forces, BENCHMARKS.md session 16); here blocks of edges add
+// into one copy of `out` per thread, summed at the end. Compiled in (-D flags): E3MD_REAL,
+// E3MD_DTYPE, E3MD_C (columns).
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "kernel_common.h"
+
+namespace {
+
+using namespace e3md;
+
+constexpr int C = E3MD_C;
+constexpr int64_t kBlock = 4096;  // edges per block of parallel_for
+
+ffi::Error Backward(ffi::ThreadPool pool, Idx idx_b, Buf g_b, Out out_b) {
+  const int64_t edges = idx_b.element_count();
+  const int64_t n = out_b->element_count() / C;
+  const int32_t* idx = idx_b.typed_data();
+  const real* g = g_b.typed_data();
+  real* out = out_b->typed_data();
+  // the calling thread (task 0) adds into out, every other task into its own copy
+  const int64_t tasks = tasks_for(pool, edges, kBlock);
+  std::vector<real> copies((tasks - 1) * n * C, real(0));
+  std::fill(out, out + n * C, real(0));
+  parallel_for(pool, edges, kBlock, [&](int64_t begin, int64_t end, int64_t task) {
+    real* o = task == 0 ? out : copies.data() + (task - 1) * n * C;
+    for (int64_t e = begin; e < end; ++e) {
+      const int64_t a = idx[e];
+      if (a < 0 || a >= n) continue;
+      for (int c = 0; c < C; ++c) o[a * C + c] += g[e * C + c];
+    }
+  });
+  for (int64_t t = 1; t < tasks; ++t) {
+    const real* copy = copies.data() + (t - 1) * n * C;
+    for (int64_t q = 0; q < n * C; ++q) out[q] += copy[q];
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(e3md_gather_bwd, Backward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<Idx>()  // idx [E]
+                                  .Arg<Buf>()  // g [E, C]
+                                  .Ret<Buf>()  // out [N, C]
+);
