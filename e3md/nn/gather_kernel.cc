@@ -4,10 +4,10 @@
 //
 //   out[a, c] = sum_{e: idx[e] = a} g[e, c]      (a < N; indices outside [0, N) dropped)
 //
-// XLA's CPU scatter-add runs as a loop of dynamic-update-slices, one edge per iteration (about
-// 5 % of the small model's energy+forces, BENCHMARKS.md session 16); here blocks of edges add
-// into one copy of `out` per thread, summed at the end. Compiled in (-D flags): E3MD_REAL,
-// E3MD_DTYPE, E3MD_C (columns).
+// XLA's CPU scatter-add runs as a loop of dynamic-update-slices, one edge per iteration; here
+// blocks of edges add into one copy of `out` per thread, summed at the end (small model's
+// energy+forces 1.6-2.4 % faster, BENCHMARKS.md session 16). Compiled in (-D flags):
+// E3MD_REAL, E3MD_DTYPE, E3MD_C (columns).
 
 #include <algorithm>
 #include <cstdint>
