@@ -68,6 +68,8 @@ def _make_evaluate(config):
     (E, e_i, F, dE/dε)`` for a (hashable) model config, and its trace log: every trace appends
     the atom and edge bucket. Cached, so calculators of one config share compiled code."""
     from e3md import potentials
+    from e3md.graph import edge_vectors_from_shifts
+    from e3md.nn.cpu_kernels import reverse_mode_only
 
     atomic_energies = functools.partial(potentials.atomic_energies, config)
     far = 2.0 * float(config.cutoff) + 1.0
@@ -77,7 +79,8 @@ def _make_evaluate(config):
         R, strain, params, cell, shifts, species_index, src, dst, edge_mask, atom_mask
     ):
         deform = jnp.eye(3, dtype=R.dtype) + 0.5 * (strain + strain.T)
-        r_ij = (R[src] - R[dst] + shifts @ cell) @ deform.T
+        with reverse_mode_only():  # rows of a full list promise it (atomic_energies' kernels)
+            r_ij = edge_vectors_from_shifts(R, src, dst, shifts, cell) @ deform.T
         # padded edges point at index N (clamped by the gather): give them a finite length beyond
         # the cutoff, so no 0/0 can arise in a norm or its gradient; they are masked anyway.
         r_ij = jnp.where(edge_mask[:, None], r_ij, jnp.asarray([far, 0.0, 0.0], R.dtype))

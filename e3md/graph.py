@@ -121,6 +121,9 @@ def edge_vectors_from_shifts(
     For neighbour lists that give explicit periodic image shifts (ASE, vesin, matscipy): the
     sender's image is displaced by integer lattice shifts ``shifts`` (rows of ``cell`` are lattice
     vectors, ASE convention). Out-of-range (padding) indices are clamped; mask them downstream.
+    The positions are gathered with :func:`take_rows` (inside
+    :func:`e3md.nn.cpu_kernels.reverse_mode_only`, as the ASE calculator and the OpenMM force
+    call it, the forces' sums per atom are e3md's kernel).
 
     Args:
       R: positions ``[N, 3]`` in Å.
@@ -133,7 +136,7 @@ def edge_vectors_from_shifts(
       ``[E, 3]`` edge vectors in Å.
     """
     N = R.shape[0]
-    r = R[jnp.clip(src, 0, N - 1)] - R[jnp.clip(dst, 0, N - 1)]
+    r = take_rows(R, jnp.clip(src, 0, N - 1)) - take_rows(R, jnp.clip(dst, 0, N - 1))
     if shifts is not None:
         if cell is None:
             raise ValueError("shifts given without a cell")

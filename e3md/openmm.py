@@ -209,6 +209,8 @@ class E3mdCompute:
 
         from e3md import potentials
         from e3md.compiler import jit
+        from e3md.graph import edge_vectors_from_shifts
+        from e3md.nn.cpu_kernels import reverse_mode_only
 
         pot = self._potential
         dtype = jnp.float64 if self.precision == "double" else jnp.float32
@@ -223,7 +225,8 @@ class E3mdCompute:
         def energy(R, cell, species_index, recv, send, shift, edge_mask, atom_mask):
             # r_ij = R_j - R_i + n C, receiver i, sender j; padded edges get a safe vector
             # beyond the cutoff so neither the value nor its gradient sees 0/0.
-            r_ij = R[send] - R[recv] + shift.astype(R.dtype) @ cell
+            with reverse_mode_only():  # rows of a full list promise it (atomic_energies')
+                r_ij = edge_vectors_from_shifts(R, send, recv, shift.astype(R.dtype), cell)
             r_ij = jnp.where(edge_mask[:, None], r_ij, far.astype(R.dtype))
             e_i = potentials.atomic_energies(
                 config,
