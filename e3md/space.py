@@ -15,8 +15,8 @@ took 0.2 ms of 1.6 ms. Here the wrap is
 
 a few vector instructions per edge: the same image for every :math:`\Delta` (the nearest one;
 at exactly :math:`\pm L/2` either is as near), also for positions more than one box apart, and
-the same derivative (``round`` has derivative zero). jax-md's neighbour lists, built on these
-displacement functions, get faster too.
+the same derivative (``round`` has derivative zero). jax-md's neighbour lists built on these
+displacement functions use the same wrap.
 
 jax-md is imported when a space is built, not with this module.
 """
