@@ -641,9 +641,10 @@ def _warm_up(fn, args):
     cell's GiBs (until session 7 the timed call came right after them) or idle cores.
 
     One call was the warm-up until session 16. On this project's machine (a KVM guest, two
-    vCPUs) a short call needs several: right after a 12288-atom call, or after 80 ms asleep,
-    the 192-atom call took 1.2-2x its back-to-back time for 3-6 calls (BENCHMARKS.md, session
-    16) -- waking the pool's second thread is slow until the cores have been busy a while.
+    vCPUs) a short call needs several: right after a 12288-atom call the 192-atom call took up
+    to 1.6x its back-to-back time for 3 calls, after 80 ms asleep 1.3-2.2x for more than 10
+    (BENCHMARKS.md, session 16) -- waking the pool's second thread is slow until the cores have
+    been busy a while.
     """
     t0 = time.perf_counter()
     jax.block_until_ready(fn(*args))
