@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("E3MD_COMPILE_CACHE"),
         help="directory of JAX's persistent compilation cache, so that a second run of the "
         "same system skips XLA compilation; 'none' turns it off (default: $E3MD_COMPILE_CACHE, "
-        "else ~/.cache/e3md/jax; JAX_COMPILATION_CACHE_DIR, if set, wins)",
+        "else ~/.cache/e3md/jax; programs go in a subdirectory per kind of CPU; "
+        "JAX_COMPILATION_CACHE_DIR, if set, wins)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
