@@ -45,6 +45,7 @@ __all__ = [
     "CPU_OPTIONS",
     "compiler_options",
     "compiler_options_key",
+    "cpu_description",
     "default_cache_dir",
     "enable_compile_cache",
     "jit",
@@ -112,28 +113,28 @@ def jit(fun: Callable | None = None, /, *, num_atoms: int | None = None, **kwarg
     return jax.jit(fun, compiler_options=options or None, **kwargs)
 
 
-def machine_key() -> str:
-    """A name for this machine's instruction set: ``<architecture>-<12 hex digits>``.
+def cpu_description() -> str:
+    """The CPU's model name and feature flags (``/proc/cpuinfo``; elsewhere the processor name):
+    what code compiled for this CPU (XLA's, e3md's kernels with ``-march=native``) depends on."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))]
+        return "\n".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() + platform.machine()
 
-    The digits hash the CPU's feature flags (``/proc/cpuinfo`` on Linux; elsewhere the processor
-    name). XLA compiles CPU programs for the host's instruction set, and JAX's cache key does not
+
+def machine_key() -> str:
+    """A name for this kind of CPU: ``<architecture>-<12 hex digits>`` of
+    :func:`cpu_description`.
+
+    XLA compiles CPU programs for the host's instruction set, and JAX's cache key does not
     include it (only ``"cpu"``), so a cache directory shared by machines with different CPUs (a
     home directory on a cluster) could hand AVX-512 code to a CPU without it. e3md keeps the
     programs of each kind of CPU apart (:func:`enable_compile_cache`).
     """
-    arch = platform.machine() or "unknown"
-    flags = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                name, _, value = line.partition(":")
-                if name.strip() in ("flags", "Features"):
-                    flags = " ".join(sorted(value.split()))
-                    break
-    except OSError:
-        pass
-    flags = flags or platform.processor() or arch
-    return f"{arch}-{hashlib.sha256(flags.encode()).hexdigest()[:12]}"
+    digest = hashlib.sha256(cpu_description().encode()).hexdigest()[:12]
+    return f"{platform.machine() or 'unknown'}-{digest}"
 
 
 def default_cache_dir() -> Path:

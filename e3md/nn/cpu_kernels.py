@@ -48,6 +48,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from e3md.compiler import cpu_description
+
 __all__ = [
     "AtomKernel",
     "BasisKernel",
@@ -376,16 +378,6 @@ def _compiler() -> str | None:
     return None
 
 
-def _cpu_id() -> str:
-    """The CPU's model and flags (-march=native code must not run on another CPU)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))]
-        return "\n".join(sorted(set(lines)))
-    except OSError:
-        return platform.processor() + platform.machine()
-
-
 def _cache_dir() -> Path:
     base = os.environ.get("E3MD_KERNEL_CACHE")
     return Path(base) if base else Path.home() / ".cache" / "e3md" / "kernels"
@@ -405,9 +397,8 @@ def _load(name: str, defines: dict, kinds: tuple[str, ...]) -> dict[str, str] | 
     flags += ["-fPIC", "-fno-math-errno", "-fopenmp-simd"]
     flags += [f"-D{k}={v}" for k, v in defines.items()]
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
-    digest = hashlib.sha256(
-        "\0".join([source, header, *flags, version, jax.lib.__version__, _cpu_id()]).encode()
-    ).hexdigest()[:16]
+    key = [source, header, *flags, version, jax.lib.__version__, cpu_description()]
+    digest = hashlib.sha256("\0".join(key).encode()).hexdigest()[:16]
     path = _cache_dir() / f"{name}_{digest}.so"
     if not _intact(path) and not _build(cxx, flags, source, header, path):
         return None
