@@ -118,7 +118,8 @@ def cpu_description() -> str:
     what code compiled for this CPU (XLA's, e3md's kernels with ``-march=native``) depends on."""
     try:
         text = Path("/proc/cpuinfo").read_text()
-        lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))]
+        keys = ("model name", "flags", "Features", "CPU part")  # x86; Arm
+        lines = [ln for ln in text.splitlines() if ln.startswith(keys)]
         return "\n".join(sorted(set(lines)))
     except OSError:
         return platform.processor() + platform.machine()

@@ -160,7 +160,8 @@ def test_machine_key_names_the_cpu_kind():
     key = compiler.machine_key()
     arch, digest = key.rsplit("-", 1)
     assert arch == platform.machine() and len(digest) == 12
-    assert "flags" in compiler.cpu_description() or not Path("/proc/cpuinfo").exists()
+    if platform.machine() == "x86_64" and Path("/proc/cpuinfo").exists():
+        assert "flags" in compiler.cpu_description()
     assert compiler.machine_key() == key
 
 
