@@ -189,7 +189,8 @@ def load_dataset(
       stress_unit: declared unit of stresses (default ``energy_unit/length_unit^3``).
       require_forces: raise if a structure has no forces.
       species: if given, the atomic numbers a model knows; any other element is an error.
-      index: ASE-style frame selection for extended XYZ (e.g. ``":100"``).
+      index: ASE-style frame selection (``":100"``, ``"5"``, ``"-10:"``, ``"::2"``, or a slice),
+        for both formats.
 
     Returns:
       The :class:`Dataset` in Å / eV / eV/Å / eV/Å³.
@@ -219,7 +220,7 @@ def load_dataset(
     l_fac = _unit_factor(length_unit, LENGTH_UNITS, "length")
     s_fac = stress_factor(stress_unit, energy_unit, length_unit)
     if fmt == "rmd17":
-        structures = _read_rmd17(path, energy_unit)
+        structures = _select(_read_rmd17(path, energy_unit), index, path)
     else:
         structures = _read_extxyz(path, energy_unit, index)
     if not structures:
@@ -256,6 +257,18 @@ def concatenate(datasets: Sequence[Dataset]) -> Dataset:
     return Dataset(
         tuple(s for d in datasets for s in d.structures), "; ".join(d.source for d in datasets)
     )
+
+
+def _select(structures: list, index: str | int | slice, path: str) -> list:
+    """``structures[index]`` with an ASE-style ``index`` (as ``ase.io.read`` takes it)."""
+    from ase.io.formats import string2index
+
+    pick = string2index(index) if isinstance(index, str) else index
+    if isinstance(pick, int):
+        if not -len(structures) <= pick < len(structures):
+            raise ValueError(f"{path}: no frame {pick} (the file has {len(structures)})")
+        return [structures[pick]]
+    return structures[pick]
 
 
 def _read_rmd17(path: str, energy_unit: str) -> list[Structure]:

@@ -89,6 +89,24 @@ def test_extxyz_energy_forces_stress_in_declared_units(tmp_path, rng):
     np.testing.assert_allclose(data_gpa[0].stress, stress * units.GPA)
 
 
+def test_index_selects_frames_of_both_formats(shared_data):
+    path = shared_data / "rmd17" / "rmd17_ethanol_train_01.npz"
+    full = load_dataset(path)
+    for index, frames in (
+        (":3", [0, 1, 2]),
+        ("5", [5]),
+        (-1, [len(full) - 1]),
+        ("::400", [0, 400, 800]),
+    ):
+        part = load_dataset(path, index=index)
+        assert len(part) == len(frames)
+        for s, k in zip(part.structures, frames, strict=True):
+            np.testing.assert_array_equal(s.positions, full[k].positions)
+    with pytest.raises(ValueError, match="no frame 5000"):
+        load_dataset(path, index="5000")
+    assert len(load_dataset(shared_data / "si_mlearn" / "train.xyz", index="1:3")) == 2
+
+
 def test_real_si_stress_sign_and_voigt_order(shared_data):
     data = load_dataset(shared_data / "si_mlearn" / "train.xyz", index=":3")
     import ase.io

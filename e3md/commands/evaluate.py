@@ -22,7 +22,9 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--length-unit", default="Å", help="declared length unit (Å, nm, Bohr)")
     parser.add_argument("--stress-unit", help="declared stress unit (default energy/length^3)")
-    parser.add_argument("--index", default=":", help="frames of extended XYZ files, e.g. :100")
+    parser.add_argument(
+        "--index", default=":", help="frames of each file (ASE-style: :100, 5, -10:, ::2)"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
