@@ -305,7 +305,10 @@ def _read_extxyz(path: str, energy_unit: str, index) -> list[Structure]:
     try:
         frames = ase.io.read(path, index=index, format="extxyz")
     except Exception as err:  # ase raises many types for malformed files
-        raise ValueError(f"{path}: cannot read as extended XYZ: {err}") from err
+        reason = str(err) or type(err).__name__
+        if isinstance(err, IndexError | StopIteration):  # ase's words for a frame past the end
+            reason = "the file has fewer frames"
+        raise ValueError(f"{path}: cannot read frames {index!r} as extended XYZ: {reason}") from err
     if not isinstance(frames, list):
         frames = [frames]
     labels = {}

@@ -104,7 +104,10 @@ def test_index_selects_frames_of_both_formats(shared_data):
             np.testing.assert_array_equal(s.positions, full[k].positions)
     with pytest.raises(ValueError, match="no frame 5000"):
         load_dataset(path, index="5000")
-    assert len(load_dataset(shared_data / "si_mlearn" / "train.xyz", index="1:3")) == 2
+    si = shared_data / "si_mlearn" / "train.xyz"
+    assert len(load_dataset(si, index="1:3")) == 2
+    with pytest.raises(ValueError, match="fewer frames"):
+        load_dataset(si, index="100000")
 
 
 def test_real_si_stress_sign_and_voigt_order(shared_data):
