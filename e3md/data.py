@@ -172,7 +172,7 @@ def load_dataset(
     stress_unit: str | None = None,
     require_forces: bool = True,
     species: Sequence[int] | None = None,
-    index: str | slice = ":",
+    index: str | int | slice = ":",
 ) -> Dataset:
     r"""Load a labelled dataset and convert it to e3md units.
 
@@ -189,8 +189,8 @@ def load_dataset(
       stress_unit: declared unit of stresses (default ``energy_unit/length_unit^3``).
       require_forces: raise if a structure has no forces.
       species: if given, the atomic numbers a model knows; any other element is an error.
-      index: ASE-style frame selection (``":100"``, ``"5"``, ``"-10:"``, ``"::2"``, or a slice),
-        for both formats.
+      index: ASE-style frame selection (``":100"``, ``"5"``, ``"-10:"``, ``"::2"``, an int or
+        a slice), for both formats.
 
     Returns:
       The :class:`Dataset` in Å / eV / eV/Å / eV/Å³.
