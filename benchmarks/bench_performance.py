@@ -100,6 +100,8 @@ E3MD_SPARSE = "e3md sparse"
 # and e3md without its CPU kernels (e3md.nn.cpu_kernels; XLA operations only, A/B)
 E3MD_NO_KERNELS = "e3md no-kernels"
 E3MD_VARIANTS = (E3MD_XLA_DEFAULTS, E3MD_SPARSE, E3MD_NO_KERNELS)
+# every contender takes its parameters as one flat array (False: as its own pytree; --pytree-params)
+FLAT_PARAMS = True
 WATER_MOLECULE_VOLUME = 18.015 / (0.602214 * 0.997)  # Å^3 per molecule at 0.997 g/cm^3
 
 
@@ -236,6 +238,27 @@ class Contender:
         return shared if self.neighbor is None else self.neighbor
 
 
+def flat_parameters(c: Contender) -> Contender:
+    """``c`` called with its parameters raveled into one array (``jax.flatten_util``), unraveled
+    inside the jitted function: one argument instead of one per parameter array (e3md's model
+    has 49, each costing about 2 µs per call here, mostly in JAX's and XLA's per-argument
+    handling; the ASE calculator passes e3md's parameters the same way)."""
+    from jax.flatten_util import ravel_pytree
+
+    flat, unravel = ravel_pytree(c.params)
+
+    def flattened(f):
+        return None if f is None else (lambda p, R, nb: f(unravel(p), R, nb))
+
+    return dataclasses.replace(
+        c,
+        fn=flattened(c.fn),
+        params=flat,
+        energy=flattened(c.energy),
+        flops_fn=flattened(c.flops_fn),
+    )
+
+
 def build_contenders(
     size, names, system, seed=0, edge_chunk=EDGE_CHUNK, peer_options=None, skin=0.0
 ):
@@ -365,6 +388,8 @@ def build_contenders(
         out["nequip"] = Contender(
             "nequip", with_grad(nq_energy), params, nq_energy, None, dict(peer_options or {})
         )
+    if FLAT_PARAMS:
+        out = {name: flat_parameters(c) for name, c in out.items()}
     return out, config
 
 
@@ -862,7 +887,7 @@ def _malloc_note() -> str:
 
 
 def main(argv=None):
-    global displacement_kind, WARM_UP_S
+    global displacement_kind, WARM_UP_S, FLAT_PARAMS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="192 atoms only, 5 rounds")
     ap.add_argument("--large", action="store_true", help="add 12288 atoms and ~100k")
@@ -903,12 +928,18 @@ def main(argv=None):
         help="instead of timing: largest system each model fits in this many GiB (XLA estimate)",
     )
     ap.add_argument(
+        "--pytree-params",
+        action="store_true",
+        help="pass every contender its parameters as its own pytree (default: one flat array)",
+    )
+    ap.add_argument(
         "--peers-with-e3md-options",
         action="store_true",
         help="compile the peers with e3md's XLA options too (default: XLA's defaults)",
     )
     args = ap.parse_args(argv)
     displacement_kind, WARM_UP_S = args.displacement, args.warm_up_s
+    FLAT_PARAMS = not args.pytree_params
     edge_chunk = None if args.edge_chunk.lower() == "none" else int(args.edge_chunk)
     names = [s.strip() for s in args.models.split(",") if s.strip()]
     unknown = sorted(set(names) - set(MODELS) - set(E3MD_VARIANTS))
@@ -935,7 +966,8 @@ def main(argv=None):
     print(f"# {_malloc_note()}")
     print(
         f"# displacement: {displacement_kind} space.periodic, shared; warm-up: untimed calls"
-        f" for >= {1e3 * WARM_UP_S:g} ms before each timed call"
+        f" for >= {1e3 * WARM_UP_S:g} ms before each timed call; parameters passed as"
+        f" {'one flat array' if FLAT_PARAMS else 'pytrees'}"
     )
     if args.scaling:
         out = []

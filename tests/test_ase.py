@@ -7,6 +7,7 @@ compiled energy function are built once.
 import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from ase import Atoms, units
@@ -352,3 +353,19 @@ def test_langevin_compiles_once_per_bucket(pot):
     assert np.isfinite(atoms.get_forces()).all()
     # every (atom, edge) bucket compiled exactly once; the edge count moves little at 300 K
     assert len(traced) == len(set(traced)) <= 2
+
+
+def test_parameters_travel_as_one_array(pot):
+    """The calculator hands its jitted function the parameters as one flat array (one argument
+    instead of one per parameter array); unpacking gives back every array, shape and dtype."""
+    from e3md.ase import _pack, _unpack
+
+    calc = E3MDCalculator(pot)
+    flat, layout = _pack(calc.params)
+    assert flat.ndim == 1 and calc._flat_params.shape == flat.shape
+    tree = {"a": {"w": jnp.arange(6.0).reshape(2, 3)}, "b": jnp.asarray([3, 4], jnp.int32)}
+    out = _unpack(*_pack(tree))
+    assert jax.tree.structure(out) == jax.tree.structure(tree)
+    for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(tree), strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
