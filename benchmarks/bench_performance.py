@@ -39,6 +39,11 @@ edges only, no padding, 3 x forward for energy+forces); memory = XLA memory anal
 compiled program (arguments + outputs + temporaries, GiB) and the measured peak RSS growth of
 the process during the first call (VmHWM after resetting it, minus the RSS before).
 
+Every contender is called with its parameters raveled into one flat array (unraveled inside
+the jitted function, :func:`flat_parameters`): one argument instead of one per parameter array,
+whose handling costs JAX and XLA ~2 µs each per call here (session 18); ``--pytree-params``
+passes each its own parameter pytree instead.
+
 XLA options: e3md compiles with its own (``e3md.compiler``: on CPU the classic fusion emitter),
 as every e3md entry point does; the peers with XLA's defaults, as their users run them.
 ``--peers-with-e3md-options`` gives the peers e3md's options too, and the contender
