@@ -358,13 +358,14 @@ def test_langevin_compiles_once_per_bucket(pot):
 def test_parameters_travel_as_one_array(pot):
     """The calculator hands its jitted function the parameters as one flat array (one argument
     instead of one per parameter array); unpacking gives back every array, shape and dtype."""
-    from e3md.ase import _pack, _unpack
+    from e3md.ase import _pack, _unraveler
 
     calc = E3MDCalculator(pot)
     flat, layout = _pack(calc.params)
     assert flat.ndim == 1 and calc._flat_params.shape == flat.shape
     tree = {"a": {"w": jnp.arange(6.0).reshape(2, 3)}, "b": jnp.asarray([3, 4], jnp.int32)}
-    out = _unpack(*_pack(tree))
+    flat, layout = _pack(tree)
+    out = _unraveler(layout)(flat)
     assert jax.tree.structure(out) == jax.tree.structure(tree)
     for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(tree), strict=True):
         assert a.dtype == b.dtype and a.shape == b.shape
