@@ -11,6 +11,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 __all__ = [
@@ -84,19 +85,55 @@ def row_edge_vectors(
     **kwargs: Any,
 ) -> tuple[Float[Array, "E 3"], Int[Array, " E"], Int[Array, " E"], Bool[Array, " E"]]:
     """:func:`edge_vectors` of a jax-md ``Dense`` list ``idx[N, M]`` (senders of receiver ``i``
-    in row ``i``, padding ``N``), edges receiver-major as :func:`rows_to_edge_index` orders them:
-    the same results. Each receiver's position is broadcast along its row instead of gathered
-    per edge, so the reverse pass sums it over the row instead of scattering ``E`` vectors; the
-    senders' positions are gathered with :func:`take_rows`."""
+    in row ``i``, padding ``N``; any index outside ``[0, N)`` is padding), edges receiver-major
+    as :func:`rows_to_edge_index` orders them: the same results.
+
+    Each receiver's position is broadcast along its row instead of gathered per edge, so the
+    reverse pass sums it over the row instead of scattering ``E`` vectors; the senders'
+    positions are gathered with :func:`take_rows`. Inside
+    :func:`e3md.nn.cpu_kernels.reverse_mode_only` on the CPU, for the spaces of
+    :mod:`e3md.space` called without keyword arguments (``displacement_fn`` has a
+    ``minimum_image_transform``), the edge vectors and their reverse mode are each one call of
+    e3md's kernel (:func:`e3md.nn.cpu_kernels.edge_kernel`) instead, whose own derivative is
+    this XLA formulation's."""
     n, m = idx.shape
     src = idx.reshape(-1)
     dst = jnp.repeat(jnp.arange(n, dtype=idx.dtype), m)
-    mask = src < n
-    receivers = jnp.broadcast_to(R[:, None, :], (n, m, R.shape[-1])).reshape(n * m, -1)
-    disp = jax.vmap(lambda a, b: displacement_fn(a, b, **kwargs))
-    r = disp(take_rows(R, jnp.where(mask, src, 0)), receivers)
-    r = jnp.where(mask[:, None], r, jnp.zeros((), r.dtype))
-    return r, src, dst, mask
+    mask = (src >= 0) & (src < n)
+
+    def reference(R):
+        receivers = jnp.broadcast_to(R[:, None, :], (n, m, R.shape[-1])).reshape(n * m, -1)
+        disp = jax.vmap(lambda a, b: displacement_fn(a, b, **kwargs))
+        r = disp(take_rows(R, jnp.where(mask, src, 0)), receivers)
+        return jnp.where(mask[:, None], r, jnp.zeros((), r.dtype))
+
+    r = None if kwargs else _kernel_row_edge_vectors(displacement_fn, R, idx, reference)
+    return (reference(R) if r is None else r), src, dst, mask
+
+
+def _kernel_row_edge_vectors(displacement_fn, R, idx, reference):
+    """:func:`row_edge_vectors`' edge vectors through e3md's kernel, or None where it cannot
+    be used (a displacement without ``minimum_image_transform``, a traced box, not 3-D, or a
+    result whose dtype is not the positions')."""
+    from e3md.nn import cpu_kernels
+
+    transform = getattr(displacement_fn, "minimum_image_transform", None)
+    ab = None if transform is None or R.shape[-1] != 3 else transform(3)
+    kernel = None if ab is None else cpu_kernels.edge_kernel(rows=idx.shape[1], dtype=R.dtype)
+    if kernel is None or jax.eval_shape(reference, R).dtype != R.dtype:  # a float64 box promotes
+        return None
+    a, b = (np.asarray(x, R.dtype) for x in ab)  # constants (a jnp array may be a tracer)
+
+    def backward(args, g):
+        return (kernel.backward(idx, g),)
+
+    def reference_backward(args, g):
+        return jax.vjp(reference, *args)[1](g)
+
+    forward = cpu_kernels.with_reference_derivative(
+        lambda R: kernel.forward(R, idx, a, b), backward, reference_backward
+    )
+    return forward(R)
 
 
 def rows_to_edge_index(idx: Int[Array, "N M"]) -> Int[Array, "2 E"]:

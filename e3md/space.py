@@ -18,6 +18,14 @@ at exactly :math:`\pm L/2` either is as near), also for positions more than one 
 the same derivative (``round`` has derivative zero). jax-md's neighbour lists built on these
 displacement functions use the same wrap.
 
+Each ``displacement_fn`` also carries ``displacement_fn.minimum_image_transform(dim)``: the
+matrices ``(A, B)`` (NumPy, ``[dim, dim]``) with which it computes
+:math:`A\,(u - \operatorname{round}(u))`, :math:`u = B\,(R_a - R_b)`, when called without
+keyword arguments (sides and their inverses; the cell and its inverse; the cell and 1 for
+fractional positions), or None where the box is not a concrete value (a tracer).
+:func:`e3md.graph.row_edge_vectors` uses them to compute a Dense list's edge vectors in one
+CPU kernel (:func:`e3md.nn.cpu_kernels.edge_kernel`).
+
 jax-md is imported when a space is built, not with this module.
 """
 
@@ -25,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 __all__ = ["minimum_image", "periodic", "periodic_general"]
@@ -74,6 +83,7 @@ def periodic(side: Any, wrapped: bool = True) -> tuple[Callable, Callable]:
             dR = space.raw_transform(perturbation, dR)
         return dR
 
+    displacement_fn.minimum_image_transform = _transform(side, cartesian=True)
     return displacement_fn, shift_fn
 
 
@@ -113,4 +123,27 @@ def periodic_general(
             dR = space.raw_transform(perturbation, dR)
         return dR
 
+    displacement_fn.minimum_image_transform = _transform(box, cartesian=not fractional_coordinates)
     return displacement_fn, shift_fn
+
+
+def _transform(box: Any, cartesian: bool) -> Callable[[int], tuple | None]:
+    """``minimum_image_transform`` of a space with this box (jax-md's forms: a scalar, sides, or
+    a matrix with the lattice vectors as columns)."""
+
+    def transform(dim: int) -> tuple[np.ndarray, np.ndarray] | None:
+        try:
+            b = np.asarray(box, np.float64)
+        except TypeError:  # a tracer (jax.errors.TracerArrayConversionError)
+            return None
+        if b.ndim == 2 and b.shape == (dim, dim):
+            a = b
+        elif b.ndim <= 1 and b.size in (1, dim):
+            a = np.diag(np.broadcast_to(b.reshape(-1), (dim,)))
+        else:
+            return None
+        if not cartesian:
+            return a, np.eye(dim)
+        return a, np.linalg.inv(a)
+
+    return transform

@@ -386,3 +386,99 @@ def test_take_rows_reverse_mode_is_the_scatter_add(dtype, rows_, rng):
     with cpu_kernels.reverse_mode_only():
         hlo = jax.jit(jax.grad(lambda x: jnp.sum(ct * take_rows(x, idx)))).lower(x).as_text()
     assert "e3md_gather_bwd" in hlo
+
+
+def _space(kind, rng, n, dtype):
+    from e3md import space
+
+    cell = np.array([[9.0, 1.5, 0.3], [0.0, 8.0, -0.7], [0.0, 0.0, 10.0]], dtype)  # columns
+    if kind == "periodic":
+        disp, _ = space.periodic(np.array([9.0, 8.0, 10.0]))
+    else:
+        disp, _ = space.periodic_general(cell, fractional_coordinates=kind == "fractional")
+    if kind == "fractional":
+        return disp, rng.uniform(-0.4, 1.4, size=(n, 3))  # some outside the cell
+    return disp, rng.uniform(-6.0, 16.0, size=(n, 3))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("kind", ["periodic", "general", "fractional"])
+@pytest.mark.parametrize("n", [7, 300])  # one block of rows; several, on both threads
+def test_row_edge_vectors_kernel_is_the_xla_formulation(dtype, kind, n, rng):
+    """e3md.graph.row_edge_vectors inside reverse_mode_only with a space of e3md.space (the
+    edge kernel) against its XLA formulation: vectors (wrapped across cells, zero on padding),
+    the positions' cotangent, and a second derivative (through the reference)."""
+    from e3md.graph import row_edge_vectors
+
+    m = 9
+    disp, R = _space(kind, rng, n, dtype)
+    R = jnp.asarray(R, dtype)
+    idx = rng.integers(0, n, size=(n, m))
+    idx[:, -2:] = n  # padding, as jax-md
+    idx[0, 0] = -1  # any index outside [0, N) is padding
+    idx = jnp.asarray(idx, jnp.int32)
+    ct = jnp.asarray(rng.normal(size=(n * m, 3)), dtype)
+
+    def edges(R):
+        return row_edge_vectors(disp, R, idx)[0]
+
+    def fused(R):
+        with cpu_kernels.reverse_mode_only():
+            return edges(R)
+
+    def reference(R):
+        with cpu_kernels.xla_only():
+            return edges(R)
+
+    assert "e3md_edge_fwd" in jax.jit(fused).lower(R).as_text()
+    assert "e3md_edge_fwd" not in jax.jit(edges).lower(R).as_text()  # forward mode allowed
+    tol = dict(rtol=1e-5, atol=2e-5) if dtype == jnp.float32 else dict(rtol=1e-12, atol=1e-12)
+    out, pull = jax.vjp(jax.jit(fused), R)
+    out_ref, pull_ref = jax.vjp(reference, R)
+    assert out.dtype == dtype
+    np.testing.assert_allclose(out, out_ref, **tol)
+    assert not np.any(np.asarray(out).reshape(n, m, 3)[:, -2:])
+    assert not np.any(np.asarray(out[0]))
+    np.testing.assert_allclose(pull(ct)[0], pull_ref(ct)[0], **tol)
+
+    def second(f):  # d/dR of <c, d<ct, sin(f(R))>/dR>
+        inner = jax.grad(lambda R: jnp.sum(ct * jnp.sin(f(R))))
+        c = jnp.ones_like(R)
+        return jax.grad(lambda R: jnp.sum(c * inner(R)))(R)
+
+    np.testing.assert_allclose(second(fused), second(reference), **tol)
+
+
+def test_row_edge_vectors_kernel_only_for_a_known_constant_space(rng):
+    """The edge kernel runs only where the space's matrices are known: not with keyword
+    arguments (``perturbation=`` for the stress, ``box=`` for NPT), not for a box that is a
+    tracer, not for jax-md's own spaces; the values are the same either way."""
+    from jax_md import space as jspace
+
+    from e3md import space
+    from e3md.graph import row_edge_vectors
+
+    n, m = 20, 6
+    R = jnp.asarray(rng.uniform(0.0, 9.0, size=(n, 3)), jnp.float32)
+    idx = jnp.asarray(rng.integers(0, n + 1, size=(n, m)), jnp.int32)
+    disp, _ = space.periodic(9.0)
+    eye = jnp.eye(3, dtype=jnp.float32)
+
+    def hlo(f, *args):
+        with cpu_kernels.reverse_mode_only():
+            return jax.jit(f).lower(*args).as_text()
+
+    assert "e3md_edge_fwd" in hlo(lambda R: row_edge_vectors(disp, R, idx)[0], R)
+    strained = hlo(lambda R, p: row_edge_vectors(disp, R, idx, perturbation=p)[0], R, eye)
+    assert "e3md_edge_fwd" not in strained
+    traced = hlo(lambda R, L: row_edge_vectors(space.periodic(L)[0], R, idx)[0], R, 9.0)
+    assert "e3md_edge_fwd" not in traced
+    jax_md_disp, _ = jspace.periodic(9.0)
+    assert "e3md_edge_fwd" not in hlo(lambda R: row_edge_vectors(jax_md_disp, R, idx)[0], R)
+    if jax.config.jax_enable_x64:  # a float64 cell makes the edge vectors float64
+        cell64, _ = space.periodic_general(9.0 * np.eye(3), fractional_coordinates=False)
+        assert "e3md_edge_fwd" not in hlo(lambda R: row_edge_vectors(cell64, R, idx)[0], R)
+    with cpu_kernels.reverse_mode_only():
+        got = jax.jit(lambda R: row_edge_vectors(disp, R, idx)[0])(R)
+        want = row_edge_vectors(disp, R, idx, perturbation=eye)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)

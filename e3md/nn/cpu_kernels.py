@@ -11,6 +11,8 @@
   SiLU, mix) and their input cotangents (``atom_kernel.cc``).
 - :func:`gather_kernel`: the reverse mode of a row gather ``x[idx]``, a sum per row
   (``gather_kernel.cc``; :func:`e3md.graph.take_rows`).
+- :func:`edge_kernel`: the edge vectors of a Dense neighbour list's rows under a minimum
+  image, and the positions' cotangent (``edge_kernel.cc``; :func:`e3md.graph.row_edge_vectors`).
 
 Each C++ source is compiled with the configuration's sizes (and couplings) as constants, by
 the system's C++ compiler (``$CXX``, else ``c++``/``g++``/``clang++``), for this machine's CPU
@@ -54,11 +56,13 @@ __all__ = [
     "AtomKernel",
     "BasisKernel",
     "ClassSumKernel",
+    "EdgeKernel",
     "GatherKernel",
     "RowsKernel",
     "atom_kernel",
     "basis_kernel",
     "class_sum_kernel",
+    "edge_kernel",
     "gather_kernel",
     "kernels_enabled",
     "reverse_mode_only",
@@ -205,6 +209,24 @@ class GatherKernel:
         return _call(self.targets["bwd"], out, _int32(idx), g)
 
 
+@dataclasses.dataclass(frozen=True)
+class EdgeKernel:
+    """The two FFI targets of the rows' edge vectors; see ``edge_kernel.cc`` for the math."""
+
+    targets: dict[str, str]
+
+    def forward(self, R, idx, a, b):
+        """``r [N * M, 3]`` from positions ``R [N, 3]``, the rows ``idx [N, M]`` and the
+        space's matrices ``a``, ``b`` (``[3, 3]``)."""
+        out = jax.ShapeDtypeStruct((idx.size, 3), R.dtype)
+        return _call(self.targets["fwd"], out, R, _int32(idx), a, b)
+
+    def backward(self, idx, g):
+        """``dR [N, 3]`` from ``g [N * M, 3]``."""
+        out = jax.ShapeDtypeStruct((idx.shape[0], 3), g.dtype)
+        return _call(self.targets["bwd"], out, _int32(idx), g)
+
+
 def with_reference_derivative(forward, backward, reference_backward):
     """``f(*args) = forward(*args)`` with the reverse-mode rule ``backward(args, g)`` -- the
     kernels, which JAX cannot differentiate -- whose own derivative is that of
@@ -340,6 +362,16 @@ def gather_kernel(*, columns: int, dtype) -> GatherKernel | None:
         return None
     targets = _targets("gather", {**real, "E3MD_C": columns}, ("bwd",))
     return None if targets is None else GatherKernel(targets)
+
+
+def edge_kernel(*, rows: int, dtype) -> EdgeKernel | None:
+    """The compiled edge-vector kernels for rows of ``rows`` slots, or None where they cannot be
+    used: also outside :func:`reverse_mode_only` (the XLA formulation allows forward mode)."""
+    real = _real(dtype)
+    if not kernels_enabled() or real is None or not getattr(_reverse_only, "depth", 0):
+        return None
+    targets = _targets("edge", {**real, "E3MD_M": rows}, ("fwd", "bwd"))
+    return None if targets is None else EdgeKernel(targets)
 
 
 def atom_kernel(*, features: int, max_degree: int, support, dtype) -> AtomKernel | None:

@@ -9,9 +9,7 @@
 // energy+forces 1.6-2.4 % faster, BENCHMARKS.md session 16). Compiled in (-D flags):
 // E3MD_REAL, E3MD_DTYPE, E3MD_C (columns).
 
-#include <algorithm>
 #include <cstdint>
-#include <vector>
 
 #include "kernel_common.h"
 
@@ -28,22 +26,13 @@ ffi::Error Backward(ffi::ThreadPool pool, Idx idx_b, Buf g_b, Out out_b) {
   const int32_t* idx = idx_b.typed_data();
   const real* g = g_b.typed_data();
   real* out = out_b->typed_data();
-  // the calling thread (task 0) adds into out, every other task into its own copy
-  const int64_t tasks = tasks_for(pool, edges, kBlock);
-  std::vector<real> copies((tasks - 1) * n * C, real(0));
-  std::fill(out, out + n * C, real(0));
-  parallel_for(pool, edges, kBlock, [&](int64_t begin, int64_t end, int64_t task) {
-    real* o = task == 0 ? out : copies.data() + (task - 1) * n * C;
+  parallel_sum(pool, edges, kBlock, out, n * C, [&](int64_t begin, int64_t end, real* o) {
     for (int64_t e = begin; e < end; ++e) {
       const int64_t a = idx[e];
       if (a < 0 || a >= n) continue;
       for (int c = 0; c < C; ++c) o[a * C + c] += g[e * C + c];
     }
   });
-  for (int64_t t = 1; t < tasks; ++t) {
-    const real* copy = copies.data() + (t - 1) * n * C;
-    for (int64_t q = 0; q < n * C; ++q) out[q] += copy[q];
-  }
   return ffi::Error::Success();
 }
 

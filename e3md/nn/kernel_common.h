@@ -12,6 +12,7 @@
 #include <thread>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -64,6 +65,24 @@ void parallel_for(ffi::ThreadPool& pool, int64_t n, int64_t block, Body body) {
     body(b * block, std::min(n, (b + 1) * block), 0);
   }
   while (counters->active.load() > 0) std::this_thread::yield();
+}
+
+// body(begin, end, o) over the items [0, n) as parallel_for runs them, where `o` is the
+// running thread's own copy of out [size] to add into: the calling thread's is out itself, the
+// others' are summed into it at the end (scatter-adds without atomics). out starts at zero.
+template <class Body>
+void parallel_sum(ffi::ThreadPool& pool, int64_t n, int64_t block, real* out, int64_t size,
+                  Body body) {
+  const int64_t tasks = tasks_for(pool, n, block);
+  std::vector<real> copies((tasks - 1) * size, real(0));
+  std::fill(out, out + size, real(0));
+  parallel_for(pool, n, block, [&](int64_t begin, int64_t end, int64_t task) {
+    body(begin, end, task == 0 ? out : copies.data() + (task - 1) * size);
+  });
+  for (int64_t t = 1; t < tasks; ++t) {
+    const real* copy = copies.data() + (t - 1) * size;
+    for (int64_t q = 0; q < size; ++q) out[q] += copy[q];
+  }
 }
 
 // The lanes of the widest vector of at most 64 bytes whose lanes divide n.
