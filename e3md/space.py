@@ -144,6 +144,9 @@ def _transform(box: Any, cartesian: bool) -> Callable[[int], tuple | None]:
             return None
         if not cartesian:
             return a, np.eye(dim)
-        return a, np.linalg.inv(a)
+        try:
+            return a, np.linalg.inv(a)
+        except np.linalg.LinAlgError:  # a singular cell: left to the XLA formulation
+            return None
 
     return transform

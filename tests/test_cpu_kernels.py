@@ -475,6 +475,9 @@ def test_row_edge_vectors_kernel_only_for_a_known_constant_space(rng):
     assert "e3md_edge_fwd" not in traced
     jax_md_disp, _ = jspace.periodic(9.0)
     assert "e3md_edge_fwd" not in hlo(lambda R: row_edge_vectors(jax_md_disp, R, idx)[0], R)
+    singular, _ = space.periodic_general(np.zeros((3, 3)), fractional_coordinates=False)
+    assert singular.minimum_image_transform(3) is None
+    assert space.periodic(np.array([9.0, 9.0]))[0].minimum_image_transform(3) is None  # 2-D
     if jax.config.jax_enable_x64:  # a float64 cell makes the edge vectors float64
         cell64, _ = space.periodic_general(9.0 * np.eye(3), fractional_coordinates=False)
         assert "e3md_edge_fwd" not in hlo(lambda R: row_edge_vectors(cell64, R, idx)[0], R)
