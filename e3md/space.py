@@ -36,6 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from e3md.validate import box_matrix
+
 __all__ = ["minimum_image", "periodic", "periodic_general"]
 
 
@@ -133,14 +135,8 @@ def _transform(box: Any, cartesian: bool) -> Callable[[int], tuple | None]:
 
     def transform(dim: int) -> tuple[np.ndarray, np.ndarray] | None:
         try:
-            b = np.asarray(box, np.float64)
-        except TypeError:  # a tracer (jax.errors.TracerArrayConversionError)
-            return None
-        if b.ndim == 2 and b.shape == (dim, dim):
-            a = b
-        elif b.ndim <= 1 and b.size in (1, dim):
-            a = np.diag(np.broadcast_to(b.reshape(-1), (dim,)))
-        else:
+            a = box_matrix(box, dim)
+        except (TypeError, ValueError):  # a tracer, or not a box of this dimension
             return None
         if not cartesian:
             return a, np.eye(dim)
