@@ -128,14 +128,21 @@ struct Params {
 };
 
 // A task's block arrays ([LM][B][F], the gate [B][F]), on the heap (166 KiB at F = 64, L = 2);
-// each thread keeps its own between calls (`thread_local`): allocating and zeroing them for
-// every block of every call was 12 mallocs and memsets of 38 KiB per 192-atom call.
+// each thread keeps one between calls (thread_block): allocating and zeroing them for every
+// block of every call was 12 mallocs and memsets of 38 KiB per 192-atom call.
 struct Block {
   static constexpr int kSize = LM * B * F;
   std::vector<real> mem = std::vector<real>(9 * kSize + B * F);
   real *x1 = &mem[0], *a = x1 + kSize, *b = a + kSize, *x2 = b + kSize, *s = x2 + kSize;
   real *d2 = s + kSize, *da = d2 + kSize, *db = da + kSize, *y = db + kSize, *g = y + kSize;
 };
+
+// The calling thread's block, shared by the forward and the backward (a thread runs one task
+// at a time, so the two never hold it together).
+Block& thread_block() {
+  thread_local Block k;
+  return k;
+}
 
 // The forward up to s (x1, a, b, x2, the gate g and s) for the nb atoms from x0 and m.
 void forward_block(const Params& p, const real* x0, int rows0, const real* m, int nb, Block& k) {
@@ -175,7 +182,7 @@ ffi::Error Forward(ffi::ThreadPool pool, Buf x0_b, Buf m_b, Buf w_b, Buf bias_b,
   const Params p{w_b.typed_data(), bias_b.typed_data(), t_b.typed_data(), nullptr};
   real* out = out_b->typed_data();
   parallel_for(pool, n, kTask, [&](int64_t begin, int64_t end, int64_t) {
-    thread_local Block k;
+    Block& k = thread_block();
     for (int64_t n0 = begin; n0 < end; n0 += B) {
       const int nb = int(std::min<int64_t>(B, end - n0));
       forward_block(p, x0 + n0 * rows0 * F, rows0, m + n0 * LM * F, nb, k);
@@ -200,7 +207,7 @@ ffi::Error Backward(ffi::ThreadPool pool, Buf x0_b, Buf m_b, Buf w_b, Buf bias_b
   const real* g = g_b.typed_data();
   real *dx0 = dx0_b->typed_data(), *dm = dm_b->typed_data();
   parallel_for(pool, n, kTask, [&](int64_t begin, int64_t end, int64_t) {
-    thread_local Block k;
+    Block& k = thread_block();
     real *d2 = k.d2, *da = k.da, *db = k.db;
     for (int64_t n0 = begin; n0 < end; n0 += B) {
       const int nb = int(std::min<int64_t>(B, end - n0));
