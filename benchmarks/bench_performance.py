@@ -891,6 +891,14 @@ def _malloc_note() -> str:
     return "malloc: the C library's defaults (E3MD_MALLOC=keep keeps freed memory)" + extra
 
 
+def _idle_note() -> str:
+    from e3md import cores
+
+    if cores.cores_awake():
+        return f"idle CPUs: kept awake by {cores.cores_awake()} SCHED_IDLE threads (E3MD_IDLE=spin)"
+    return "idle CPUs: the system's (E3MD_IDLE=spin keeps them awake, e3md.cores)"
+
+
 def main(argv=None):
     global displacement_kind, WARM_UP_S, FLAT_PARAMS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -969,6 +977,7 @@ def main(argv=None):
                     print(f"| {name} | {tf:.1f} | {tb:.1f} |", flush=True)
         return parts
     print(f"# {_malloc_note()}")
+    print(f"# {_idle_note()}")
     print(
         f"# displacement: {displacement_kind} space.periodic, shared; warm-up: untimed calls"
         f" for >= {1e3 * WARM_UP_S:g} ms before each timed call; parameters passed as"

@@ -5,6 +5,7 @@ Layers (see README): ``e3md.so3`` (equivariant math), ``e3md.nn`` (layers),
 adapters ``e3md.ase`` and ``e3md.openmm``.
 """
 
+from e3md import cores as _cores
 from e3md import memory as _memory
 from e3md._version import __version__
 
@@ -12,5 +13,9 @@ from e3md._version import __version__
 # (e3md.memory; it must happen before the first JAX computation, so on import)
 if _memory.malloc_mode() == "keep":
     _memory.keep_freed_memory()
+# E3MD_IDLE=spin: idle CPUs kept awake by SCHED_IDLE threads, so waking a pool thread is fast
+# (e3md.cores)
+if _cores.idle_mode() == "spin":
+    _cores.keep_cores_awake()
 
 __all__ = ["__version__"]

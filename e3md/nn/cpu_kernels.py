@@ -415,7 +415,9 @@ def _cache_dir() -> Path:
     return Path(base) if base else Path.home() / ".cache" / "e3md" / "kernels"
 
 
-def _load(name: str, defines: dict, kinds: tuple[str, ...]) -> dict[str, str] | None:
+def library(name: str, defines: dict | None = None) -> tuple[ctypes.CDLL, str] | None:
+    """``{name}_kernel.cc`` built with ``defines`` (from the cache where it is there), loaded;
+    with its build's digest. None where no compiler works (a warning says why once)."""
     cxx = _compiler()
     if cxx is None:
         _warn_once("no C++ compiler found (set CXX)")
@@ -427,7 +429,7 @@ def _load(name: str, defines: dict, kinds: tuple[str, ...]) -> dict[str, str] | 
     if platform.machine().lower() in ("x86_64", "amd64"):
         flags.insert(2, "-mprefer-vector-width=512")  # GCC and clang default to 256 bits
     flags += ["-fPIC", "-fno-math-errno", "-fopenmp-simd"]
-    flags += [f"-D{k}={v}" for k, v in defines.items()]
+    flags += [f"-D{k}={v}" for k, v in (defines or {}).items()]
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     key = [source, header, *flags, version, jax.lib.__version__, cpu_description()]
     digest = hashlib.sha256("\0".join(key).encode()).hexdigest()[:16]
@@ -435,10 +437,17 @@ def _load(name: str, defines: dict, kinds: tuple[str, ...]) -> dict[str, str] | 
     if not _intact(path) and not _build(cxx, flags, source, header, path):
         return None
     try:
-        lib = ctypes.CDLL(str(path))
+        return ctypes.CDLL(str(path)), digest
     except OSError as err:
         _warn_once(f"cannot load {path}: {err}")
         return None
+
+
+def _load(name: str, defines: dict, kinds: tuple[str, ...]) -> dict[str, str] | None:
+    built = library(name, defines)
+    if built is None:
+        return None
+    lib, digest = built
     targets = {}
     for kind in kinds:
         target = f"e3md_{name}_{kind}_{digest}"
