@@ -14,8 +14,8 @@ wake-up there, so it takes next to no time from e3md, XLA or other processes (th
 gives it 3/1024 of a normal thread's share); but the CPU no longer halts. The same 1024-float
 function then takes 11-12 µs, a 192-atom energy + forces call of e3md's small model 1.5-1.6 ms
 instead of 1.9-2.0, a 12 288-atom one 81-86 ms instead of 91-96 (both with
-``E3MD_MALLOC=keep``), and ASE's ``get_forces`` on
-ethanol with the shipped potential 1.1 ms instead of 1.7.
+``E3MD_MALLOC=keep``), and ASE's ``get_forces`` on ethanol with the shipped potential 1.1 ms
+instead of 1.7.
 
 It is not the default, because of what it costs: every CPU the process may use shows 100 % busy
 while the threads run (power, and CPU-time billing or quotas where the host counts them), and on
@@ -100,6 +100,19 @@ def keep_cores_awake() -> int:
         _threads = n
         log.debug("e3md.cores: %d SCHED_IDLE threads keep CPUs %s awake", n, cpus)
         return n
+
+
+def _forget_in_child() -> None:
+    """After ``fork``: the threads stayed with the parent."""
+    global _threads, _lock
+    _lock = threading.Lock()
+    if _threads:
+        _lib.e3md_spin_forget()
+        _threads = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def let_cores_sleep() -> int:

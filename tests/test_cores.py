@@ -17,8 +17,8 @@ pytestmark = [
     pytest.mark.skipif(cpu_kernels._compiler() is None, reason="no C++ compiler"),
 ]
 
-# the process's threads at SCHED_IDLE and each one's CPUs; the CPU time the process takes
-# while its main thread sleeps
+# the process's threads at SCHED_IDLE, each one's CPUs and state; the CPU time the process
+# takes while its main thread sleeps
 SCRIPT = """
 import json, os, sys, time
 if len(sys.argv) > 1:
@@ -31,12 +31,18 @@ def idle_threads():
     return sorted(sorted(os.sched_getaffinity(t)) for t in tids
                   if os.sched_getscheduler(t) == os.SCHED_IDLE)
 
+def states():  # of the SCHED_IDLE threads: R (running or runnable) while they spin
+    tids = [int(t) for t in os.listdir("/proc/self/task")]
+    return [open(f"/proc/self/task/{t}/stat").read().rsplit(")", 1)[1].split()[0]
+            for t in tids if os.sched_getscheduler(t) == os.SCHED_IDLE]
+
 got = {}
 if len(sys.argv) > 1:
     got["started"] = [cores.keep_cores_awake(), cores.keep_cores_awake()]
 got["allowed"] = sorted(os.sched_getaffinity(0))
 got["awake"] = cores.cores_awake()
 got["idle"] = idle_threads()
+got["states"] = states()
 t0 = time.process_time(); time.sleep(0.3)
 got["cpu"] = time.process_time() - t0
 got["stopped"] = cores.let_cores_sleep()
@@ -62,7 +68,7 @@ def test_one_idle_priority_thread_spins_on_each_cpu_until_stopped():
     allowed = got["allowed"]
     assert got["awake"] == len(allowed)
     assert got["idle"] == [[c] for c in allowed]  # one thread pinned to each CPU
-    assert got["cpu"] > 0.5 * 0.3  # they spin (the main thread sleeps)
+    assert got["states"] == ["R"] * len(allowed)  # they spin (they never sleep)
     assert got["stopped"] == len(allowed)
     assert got["after"] == [[], 0]
 
@@ -88,3 +94,26 @@ def test_an_unknown_mode_is_a_clear_error():
     )
     assert out.returncode != 0
     assert "E3MD_IDLE must be 'spin' or 'system'" in out.stderr
+
+
+def test_a_forked_child_has_none_and_can_start_its_own():
+    script = """
+import json, os
+os.environ["E3MD_IDLE"] = "spin"
+import e3md
+from e3md import cores
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    got = [cores.cores_awake(), cores.let_cores_sleep(), cores.keep_cores_awake() > 0,
+           cores.let_cores_sleep() > 0]
+    os.write(w, json.dumps(got).encode())
+    os._exit(0)
+os.waitpid(pid, 0)
+print(json.dumps([json.loads(os.read(r, 1000)), cores.cores_awake() > 0]))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    child, parent_awake = json.loads(out.stdout.splitlines()[-1])
+    assert child == [0, 0, True, True]
+    assert parent_awake

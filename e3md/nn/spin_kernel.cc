@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <mutex>
+#include <new>
 #include <vector>
 
 namespace {
@@ -77,4 +78,10 @@ extern "C" int e3md_spin_stop() {
   const int n = static_cast<int>(running.size());
   running.clear();
   return n;
+}
+
+// In a child after fork: the threads stayed with the parent; forget them without joining.
+extern "C" void e3md_spin_forget() {
+  new (&guard) std::mutex();  // another thread may have held it at the fork
+  running.clear();
 }
