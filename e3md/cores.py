@@ -12,10 +12,11 @@ function that adds 1 to 1024 floats took 66-78 µs on two CPUs against 13 µs on
 kernels). Such a thread runs only when nothing else wants its CPU and is preempted by any
 wake-up there, so it takes next to no time from e3md, XLA or other processes (the scheduler
 gives it 3/1024 of a normal thread's share); but the CPU no longer halts. The same 1024-float
-function then takes 11-12 µs, a 192-atom energy + forces call of e3md's small model 1.5-1.6 ms
-instead of 1.9-2.0, a 12 288-atom one 81-86 ms instead of 91-96 (both with
-``E3MD_MALLOC=keep``), and ASE's ``get_forces`` on ethanol with the shipped potential 1.1 ms
-instead of 1.7.
+function then takes 10-13 µs; ASE's ``get_forces`` on ethanol with the shipped potential 1.05 ms
+instead of 1.6; a 192-atom energy + forces call of e3md's small model 1.5-1.6 ms instead of
+1.9-2.0 in processes that start the threads when e3md is imported (where they are started and
+stopped between rounds of one process, 3 % faster at 192 atoms and 8-11 % at 1536 and 12 288
+atoms: thread placement at start-up seems to matter; BENCHMARKS.md, session 21).
 
 It is not the default, because of what it costs: every CPU the process may use shows 100 % busy
 while the threads run (power, and CPU-time billing or quotas where the host counts them), and on
