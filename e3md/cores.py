@@ -74,8 +74,8 @@ def keep_cores_awake() -> int:
     docstring); nothing more if they run already.
 
     Returns:
-      The number of threads running, 0 where none could start (not Linux, no C++ compiler, or
-      the system refused the ``SCHED_IDLE`` policy; a warning says which).
+      The number of threads running, 0 where none could start (not Linux, no working C++ compiler,
+      or the system refused the ``SCHED_IDLE`` policy; a warning says which).
     """
     global _threads
     with _lock:
@@ -86,7 +86,8 @@ def keep_cores_awake() -> int:
             return 0
         lib = _library()
         if lib is None:
-            warnings.warn("e3md.cores: no spinning threads (no C++ compiler)", RuntimeWarning, 2)
+            msg = "e3md.cores: no spinning threads (spin_kernel.cc could not be built; see above)"
+            warnings.warn(msg, RuntimeWarning, 2)
             return 0
         cpus = sorted(os.sched_getaffinity(0))
         arr = (ctypes.c_int * len(cpus))(*cpus)

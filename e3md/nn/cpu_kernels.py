@@ -13,6 +13,8 @@
   (``gather_kernel.cc``; :func:`e3md.graph.take_rows`).
 - :func:`edge_kernel`: the edge vectors of a Dense neighbour list's rows under a minimum
   image, and the positions' cotangent (``edge_kernel.cc``; :func:`e3md.graph.row_edge_vectors`).
+- :func:`library`: any of these sources built and loaded as a plain library; ``spin_kernel.cc``
+  has no FFI target (the spinning threads of :mod:`e3md.cores`).
 
 Each C++ source is compiled with the configuration's sizes (and couplings) as constants, by
 the system's C++ compiler (``$CXX``, else ``c++``/``g++``/``clang++``), for this machine's CPU
@@ -65,6 +67,7 @@ __all__ = [
     "edge_kernel",
     "gather_kernel",
     "kernels_enabled",
+    "library",
     "reverse_mode_only",
     "rows_kernel",
     "with_reference_derivative",
