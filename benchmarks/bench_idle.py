@@ -52,10 +52,10 @@ def main(argv=None):
             c = bp.build_contenders(size, ["e3md"], system)[0]["e3md"]
             nbrs = c.nbrs(system[4])
             fn = bp.compile_contender(c, system[3], nbrs)[0]
-            jax.block_until_ready(fn(c.params, system[3], nbrs))
-            # about 50 ms of calls per timing
-            t = _median_call(fn, (c.params, system[3], nbrs), 3)
-            cells.append((size, n, fn, (c.params, system[3], nbrs), max(3, int(0.05 / t))))
+            fargs = (c.params, system[3], nbrs)
+            jax.block_until_ready(fn(*fargs))
+            t = _median_call(fn, fargs, 3)  # then about 50 ms of calls per timing
+            cells.append((size, n, fn, fargs, max(3, int(0.05 / t))))
     modes = ("system", "spin")
     times = {(m, s, n): [] for m in modes for s, n, *_ in cells}
     for r in range(args.rounds):

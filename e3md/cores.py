@@ -123,7 +123,7 @@ def let_cores_sleep() -> int:
     with _lock:
         if not _threads:
             return 0
-        stopped = _library().e3md_spin_stop()
+        stopped = _lib.e3md_spin_stop()
         _threads = 0
         return stopped
 

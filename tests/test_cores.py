@@ -17,8 +17,8 @@ pytestmark = [
     pytest.mark.skipif(cpu_kernels._compiler() is None, reason="no C++ compiler"),
 ]
 
-# the process's threads at SCHED_IDLE, each one's CPUs and state; the CPU time the process
-# takes while its main thread sleeps
+# the process's threads at SCHED_IDLE with their CPUs and state; the CPU time the process takes
+# while its main thread sleeps
 SCRIPT = """
 import json, os, sys, time
 if len(sys.argv) > 1:
@@ -26,15 +26,11 @@ if len(sys.argv) > 1:
 import e3md
 from e3md import cores
 
-def idle_threads():
+def idle_threads():  # [CPUs, state] of each SCHED_IDLE thread (R: running or runnable)
     tids = [int(t) for t in os.listdir("/proc/self/task")]
-    return sorted(sorted(os.sched_getaffinity(t)) for t in tids
-                  if os.sched_getscheduler(t) == os.SCHED_IDLE)
-
-def states():  # of the SCHED_IDLE threads: R (running or runnable) while they spin
-    tids = [int(t) for t in os.listdir("/proc/self/task")]
-    return [open(f"/proc/self/task/{t}/stat").read().rsplit(")", 1)[1].split()[0]
-            for t in tids if os.sched_getscheduler(t) == os.SCHED_IDLE]
+    return sorted([sorted(os.sched_getaffinity(t)),
+                   open(f"/proc/self/task/{t}/stat").read().rsplit(")", 1)[1].split()[0]]
+                  for t in tids if os.sched_getscheduler(t) == os.SCHED_IDLE)
 
 got = {}
 if len(sys.argv) > 1:
@@ -42,7 +38,6 @@ if len(sys.argv) > 1:
 got["allowed"] = sorted(os.sched_getaffinity(0))
 got["awake"] = cores.cores_awake()
 got["idle"] = idle_threads()
-got["states"] = states()
 t0 = time.process_time(); time.sleep(0.3)
 got["cpu"] = time.process_time() - t0
 got["stopped"] = cores.let_cores_sleep()
@@ -67,8 +62,8 @@ def test_one_idle_priority_thread_spins_on_each_cpu_until_stopped():
     got = _run("spin")
     allowed = got["allowed"]
     assert got["awake"] == len(allowed)
-    assert got["idle"] == [[c] for c in allowed]  # one thread pinned to each CPU
-    assert got["states"] == ["R"] * len(allowed)  # they spin (they never sleep)
+    # one thread pinned to each CPU, spinning (never asleep)
+    assert got["idle"] == [[[c], "R"] for c in allowed]
     assert got["stopped"] == len(allowed)
     assert got["after"] == [[], 0]
 
@@ -77,7 +72,7 @@ def test_started_by_hand_on_the_cpus_the_process_may_use():
     cpus = sorted(os.sched_getaffinity(0))[:1]
     got = _run(cpus=",".join(map(str, cpus)))
     assert got["started"] == [1, 1]  # a second call starts nothing more
-    assert got["idle"] == [cpus]
+    assert got["idle"] == [[cpus, "R"]]
     assert got["after"] == [[], 0]
 
 
