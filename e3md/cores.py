@@ -14,9 +14,9 @@ wake-up there, so it takes next to no time from e3md, XLA or other processes (th
 gives it 3/1024 of a normal thread's share); but the CPU no longer halts. The same 1024-float
 function then takes 10-13 µs; ASE's ``get_forces`` on ethanol with the shipped potential 1.05 ms
 instead of 1.6; a 192-atom energy + forces call of e3md's small model 1.5-1.6 ms instead of
-1.9-2.0 in processes that start the threads when e3md is imported (where they are started and
-stopped between rounds of one process, 3 % faster at 192 atoms and 8-11 % at 1536 and 12 288
-atoms: thread placement at start-up seems to matter; BENCHMARKS.md, session 21).
+1.9-2.0 in processes that start the threads when e3md is imported (switched between rounds of
+one process, 2.15 -> 1.39 ms with that cell alone, but only 3 % where 1536- and 12 288-atom
+calls ran between: not understood yet; BENCHMARKS.md, session 21).
 
 It is not the default, because of what it costs: every CPU the process may use shows 100 % busy
 while the threads run (power, and CPU-time billing or quotas where the host counts them), and on
