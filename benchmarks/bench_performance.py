@@ -53,6 +53,11 @@ the shared Sparse list (the edge path, as in training and for forward-mode deriv
 much of a ratio is the rows layout. ``"e3md no-kernels"`` is e3md without its compiled CPU
 kernels (``e3md.nn.cpu_kernels``): every step as XLA operations.
 
+``--scaling`` times e3md alone at every ``--atoms``, the rounds interleaved across them, and
+prints the time per atom against the median; with ``--steps K`` each timed call is K energy +
+forces evaluations inside one jitted loop (:func:`in_loop`), as the MD driver runs its steps,
+and the time is per evaluation.
+
 A contender whose XLA memory estimate exceeds ``--mem-limit-gib`` (default: 90 % of the
 device's free memory: the GPU's, or the available RAM on CPU) is compiled and reported but not
 run ("does not fit").
@@ -67,6 +72,7 @@ Usage::
     python benchmarks/bench_performance.py --peers-with-e3md-options
     python benchmarks/bench_performance.py --models "e3md,e3md xla-defaults" --large
     python benchmarks/bench_performance.py --scaling --atoms 192,1536,12288,98304
+    python benchmarks/bench_performance.py --scaling --steps 20 --atoms 192,1536,12288
     python benchmarks/bench_performance.py --models "e3md,e3md sparse" --large
     python benchmarks/bench_performance.py --models "e3md,e3md no-kernels" --atoms 1536
 """
@@ -682,10 +688,31 @@ def _warm_up(fn, args):
         jax.block_until_ready(fn(*args))
 
 
-def scaling(size: str, atoms: list[int], rounds: int, name: str = "e3md"):
+def in_loop(c: Contender, steps: int) -> Contender:
+    """``c`` evaluated ``steps`` times inside one jitted ``lax.fori_loop``, as e3md's MD driver
+    runs its steps (a chunk of steps per call): each step moves the positions by 1e-9 times the
+    gradient, so no evaluation can be hoisted out of the loop, and returns the last
+    (energy, gradient). XLA then allocates the temporaries once per call of the loop, not once
+    per step, and JAX's dispatch and the hand-offs between threads at a call's start and end
+    are paid once per ``steps``."""
+    fn = c.fn
+
+    def looped(params, R, nb):
+        def step(_, carry):
+            energy, grad = fn(params, carry[0], nb)
+            return carry[0] - 1e-9 * grad, energy, grad
+
+        zeros = [jnp.zeros(a.shape, a.dtype) for a in jax.eval_shape(fn, params, R, nb)]
+        return jax.lax.fori_loop(0, steps, step, (R, *zeros))[1:]
+
+    return dataclasses.replace(c, fn=looped, flops_fn=None)
+
+
+def scaling(size: str, atoms: list[int], rounds: int, name: str = "e3md", steps: int = 1):
     """Time per atom of one contender at every atom count, with the rounds interleaved across
     the atom counts (every system compiled first): a phase change of the machine then hits all
-    counts alike, unlike cells timed one after the other.
+    counts alike, unlike cells timed one after the other. With ``steps`` > 1 each timed call
+    is :func:`in_loop`'s ``steps`` evaluations, and the time is per evaluation.
 
     Returns ``(rows, spread)``: rows ``(atoms, median seconds, µs per atom, per atom / median
     per atom)`` and max/min of the time per atom.
@@ -694,6 +721,8 @@ def scaling(size: str, atoms: list[int], rounds: int, name: str = "e3md"):
     for n in atoms:
         system = build_system(n)
         c = build_contenders(size, [name], system)[0][name]
+        if steps > 1:
+            c = in_loop(c, steps)
         nbrs = c.nbrs(system[4])
         fn = compile_contender(c, system[3], nbrs)[0]
         jax.block_until_ready(fn(c.params, system[3], nbrs))
@@ -704,7 +733,7 @@ def scaling(size: str, atoms: list[int], rounds: int, name: str = "e3md"):
             _warm_up(fn, args)
             t0 = time.perf_counter()
             jax.block_until_ready(fn(*args))
-            times[n].append(time.perf_counter() - t0)
+            times[n].append((time.perf_counter() - t0) / steps)
     per_atom = {n: statistics.median(ts) / n for n, ts in times.items()}
     mid = statistics.median(per_atom.values())
     rows = [(n, statistics.median(times[n]), 1e6 * per_atom[n], per_atom[n] / mid) for n in atoms]
@@ -930,6 +959,13 @@ def main(argv=None):
         help="instead: e3md's time per atom at each --atoms, rounds interleaved across them",
     )
     ap.add_argument(
+        "--steps",
+        type=int,
+        default=1,
+        help="with --scaling: time STEPS energy+forces evaluations inside one jitted loop, as"
+        " the MD driver runs them, per evaluation (default 1: one call each)",
+    )
+    ap.add_argument(
         "--edge-chunk",
         default=str(EDGE_CHUNK),
         help=f"e3md's edges per message-passing block ('none': all at once; default {EDGE_CHUNK})",
@@ -986,14 +1022,18 @@ def main(argv=None):
     if args.scaling:
         out = []
         for size in sizes:
-            rows, spread = scaling(size, atoms, rounds)
-            print(f"# scaling, {size}, e3md, median of {rounds} rounds interleaved across sizes")
-            print("| atoms | ms per call | µs per atom | per atom / median |")
+            rows, spread = scaling(size, atoms, rounds, steps=args.steps)
+            how = "one call each" if args.steps == 1 else f"{args.steps} steps per jitted loop"
+            print(
+                f"# scaling, {size}, e3md, median of {rounds} rounds interleaved across sizes,"
+                f" {how}"
+            )
+            print("| atoms | ms per evaluation | µs per atom | per atom / median |")
             print("|---:|---:|---:|---:|")
             for n, sec, us, rel in rows:
                 print(f"| {n} | {1e3 * sec:.1f} | {us:.1f} | {rel:.2f} |")
             print(f"# max / min time per atom: {spread:.2f}", flush=True)
-            out.append(dict(size=size, rows=rows, spread=spread))
+            out.append(dict(size=size, steps=args.steps, rows=rows, spread=spread))
         if args.json:
             with open(args.json, "w") as fh:
                 json.dump(out, fh, indent=1)
