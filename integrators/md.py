@@ -349,7 +349,7 @@ def run_md(
     done = 0
     if restart is not None:
         arrays, meta = load_checkpoint(restart)
-        _check_restart(meta, config, n_atoms, replicas, restart)
+        _check_restart(meta, config, n_atoms, replicas, restart, numbers)
         done = int(meta["step"])
         ref = jnp.asarray(arrays["neighbor/reference_position"])
         alloc_box = (
@@ -733,7 +733,7 @@ def _format_name(fmt) -> str:
     return "sparse" if partition.is_sparse(fmt) else "dense"
 
 
-def _check_restart(meta, config: EnsembleConfig, n_atoms, replicas, path):
+def _check_restart(meta, config: EnsembleConfig, n_atoms, replicas, path, numbers=None):
     saved = EnsembleConfig.from_dict(meta["config"])
     if saved != config:
         diff = {
@@ -747,6 +747,16 @@ def _check_restart(meta, config: EnsembleConfig, n_atoms, replicas, path):
             f"restart {path}: checkpoint has {meta['n_atoms']} atoms x {meta['replicas']} "
             f"replicas, this run {n_atoms} x {replicas}"
         )
+    saved_numbers = meta.get("numbers")
+    if numbers is not None and saved_numbers is not None:
+        differ = np.flatnonzero(np.asarray(saved_numbers) != np.asarray(numbers))
+        if differ.size:
+            i = int(differ[0])
+            raise ValueError(
+                f"restart {path}: the atoms differ from the checkpoint's ({differ.size} atoms; "
+                f"atom {i} is Z={saved_numbers[i]} there, Z={int(numbers[i])} here): restart "
+                "from the same structure, in the same order (e3md md: the same --sort-atoms)"
+            )
 
 
 def _restore_state(skeleton, arrays, path):

@@ -140,3 +140,34 @@ def test_md_parser_does_not_import_jax_md():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["7", "nvt", "rmd17-ethanol", "False"], out.stderr
+
+
+def test_md_sort_atoms(tmp_path, model_file, capsys):
+    """``--sort-atoms`` runs the atoms in :func:`e3md.neighbors.spatial_order` and says so; a
+    restart must use the same order (the checkpoint's atomic numbers are checked)."""
+    from e3md.neighbors import spatial_order
+
+    ethanol = ase.io.read(ETHANOL)
+    ethanol.center()
+    box = Atoms(cell=np.eye(3) * 16.0, pbc=True)
+    for shift in np.stack(np.meshgrid(*[[0.0, 8.0]] * 3, indexing="ij"), -1).reshape(-1, 3):
+        copy = ethanol.copy()
+        copy.positions += shift - copy.positions.mean(0)  # straddling the sort's cells
+        box += copy
+    mols = np.random.default_rng(0).permutation(8)
+    box = box[(9 * mols[:, None] + np.arange(9)).reshape(-1)]
+    sorted_box = box[spatial_order(box.positions, box.cell)]
+    assert not np.array_equal(sorted_box.numbers, box.numbers)
+    structure = write_xyz(tmp_path / "box.xyz", box)
+    common = ("--potential", model_file, *COMMON[2:], "--structure", structure)
+    first, again = tmp_path / "first", tmp_path / "again"
+    first.mkdir(), again.mkdir()
+    assert md(first, *common, "--steps", 10, "--sort-atoms") == 0
+    assert "spatial order" in capsys.readouterr().out
+    frame = ase.io.read(first / "traj.extxyz", 0)
+    np.testing.assert_array_equal(frame.numbers, sorted_box.numbers)
+    d = frame.positions - sorted_box.positions
+    np.testing.assert_allclose(d - np.round(d / 16.0) * 16.0, 0.0, atol=1e-6)
+    assert md(again, *common, "--steps", 20, "--restart", first / "ckpt.npz") == 2
+    assert "differ from the checkpoint" in capsys.readouterr().err
+    assert list(again.iterdir()) == []  # nothing written

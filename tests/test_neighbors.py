@@ -1,5 +1,7 @@
 """Neighbour-list helpers and host-side validation: cell checks, overflow, bad input."""
 
+import re
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -87,3 +89,62 @@ def test_periodic_builder_checks_box_at_build_and_allocate():
     nf.allocate(R)
     with pytest.raises(ValueError, match="too small"):
         nf.allocate(R, box=jnp.asarray(np.diag([7.0, 5.0, 7.0])))
+
+
+def _shuffled_grid(rng, n=10, spacing=3.0):
+    """A jittered simple-cubic grid of n^3 points in its periodic cube, in random order."""
+    grid = np.stack(np.meshgrid(*[np.arange(n)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    R = (grid + rng.normal(scale=0.1, size=grid.shape)) * spacing
+    return R[rng.permutation(len(R))], np.eye(3) * n * spacing
+
+
+def _median_index_gap(R, cell, order):
+    """Median |index difference| of neighbouring atoms once listed in ``order``."""
+    i, j, _ = neighbors.host_neighbors(R, 4.0, cell, cell is not None)
+    rank = np.empty(len(R), np.int64)
+    rank[order] = np.arange(len(R))
+    return np.median(np.abs(rank[i] - rank[j]))
+
+
+def test_spatial_order_brings_neighbours_together(rng):
+    R, cell = _shuffled_grid(rng)
+    n = len(R)
+    order = neighbors.spatial_order(R, cell)
+    assert order.dtype == np.int64 and np.array_equal(np.sort(order), np.arange(n))
+    before = _median_index_gap(R, cell, np.arange(n))
+    after = _median_index_gap(R, cell, order)
+    assert before > 0.2 * n and after < 0.05 * n, (before, after)
+    # free system: the bounding box instead of the cell (an all-zero cell means the same)
+    free = neighbors.spatial_order(R)
+    assert np.array_equal(free, neighbors.spatial_order(R, np.zeros((3, 3))))
+    assert _median_index_gap(R, None, free) < 0.05 * n
+    # a flat system (every z equal) gets one cell across its thickness
+    flat = R.copy()
+    flat[:, 2] = 1.0
+    assert np.array_equal(np.sort(neighbors.spatial_order(flat)), np.arange(n))
+
+
+def test_spatial_order_wraps_into_the_cell(rng):
+    R, cell = _shuffled_grid(rng, n=6)
+    images = R + rng.integers(-2, 3, size=(len(R), 1)) * cell[rng.integers(0, 3, len(R))]
+    np.testing.assert_array_equal(
+        neighbors.spatial_order(images, cell), neighbors.spatial_order(R, cell)
+    )
+    # a triclinic cell: fractional coordinates decide the cells
+    tilted = cell + np.array([[0, 0, 0], [4.0, 0, 0], [2.0, 3.0, 0]])
+    order = neighbors.spatial_order(R, tilted)
+    assert np.array_equal(np.sort(order), np.arange(len(R)))
+
+
+@pytest.mark.parametrize(
+    "R, cell, message",
+    [
+        (np.array([[0.0, 0, 0], [np.nan, 0, 0]]), None, "NaN"),
+        (np.zeros((2, 3)), np.array([[1.0, 0, 0], [1.0, 0, 0], [0, 0, 1.0]]), "degenerate"),
+        (np.zeros((2, 2)), None, "[N, 3]"),
+    ],
+)
+def test_spatial_order_bad_input(R, cell, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        neighbors.spatial_order(R, cell)
+    assert neighbors.spatial_order(np.zeros((0, 3))).shape == (0,)
