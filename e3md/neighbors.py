@@ -142,8 +142,7 @@ def spatial_order(
         lengths = np.maximum(R.max(0) - lo, 1.0)  # Å; a flat direction gets one cell
         frac = (R - lo) / lengths
     else:
-        volume = abs(np.linalg.det(box))
-        if not volume > 0:
+        if not abs(np.linalg.det(box)) > 0:
             raise ValueError("the cell is degenerate (zero volume)")
         frac = np.mod(R @ np.linalg.inv(box), 1.0)
         lengths = np.linalg.norm(box, axis=1)

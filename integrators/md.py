@@ -191,7 +191,8 @@ def run_md(
       checkpoint: checkpoint file (``.npz``), rewritten atomically.
       checkpoint_every: checkpoint stride in steps (default ``10 * chunk_steps``; the last
         step is always checkpointed).
-      restart: checkpoint to continue from; the run then continues bit-identically.
+      restart: checkpoint to continue from (of the same atoms in the same order, checked
+        by their atomic numbers); the run then continues bit-identically.
       max_force: blow-up guard threshold on any atomic force norm, in eV/Å.
       capacity_growth: factor by which the neighbour capacity grows on overflow (default 1.1
         for jax-md ``Dense`` lists, whose every slot costs time, 1.5 for ``Sparse`` lists).
