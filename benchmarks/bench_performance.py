@@ -987,6 +987,8 @@ def main(argv=None):
         help="compile the peers with e3md's XLA options too (default: XLA's defaults)",
     )
     args = ap.parse_args(argv)
+    if args.steps < 1 or (args.steps > 1 and not args.scaling):
+        ap.error("--steps takes a positive count, and only with --scaling")
     displacement_kind, WARM_UP_S = args.displacement, args.warm_up_s
     FLAT_PARAMS = not args.pytree_params
     edge_chunk = None if args.edge_chunk.lower() == "none" else int(args.edge_chunk)

@@ -106,8 +106,8 @@ def spatial_order(
     32-34 % with its atoms shuffled, and its original time again in this order (BENCHMARKS.md,
     session 22). Energies and forces do not depend on the order (up to the rounding of sums);
     the outputs of a simulation then list the atoms in the new order. Sort once before setting
-    up, e.g. ``atoms = atoms[spatial_order(atoms.positions, atoms.cell)]`` (``e3md md
-    --sort-atoms``).
+    up, e.g. ``atoms = atoms[spatial_order(atoms.positions, atoms.cell if atoms.pbc.all() else
+    None)]`` (``e3md md --sort-atoms``).
 
     The atoms are binned into a grid of cells of about ``atoms_per_cell`` atoms each (of the
     periodic cell in fractional coordinates, wrapped into it; of the atoms' bounding box for a
@@ -124,13 +124,16 @@ def spatial_order(
       ``order [N]`` (int64): a permutation; ``positions[order]`` is the sorted system.
 
     Raises:
-      ValueError: non-finite positions, or a degenerate cell.
+      ValueError: positions not ``[N, 3]`` or not finite, a degenerate cell, or
+        ``atoms_per_cell`` not positive.
     """
     R = np.asarray(positions, np.float64)
     if R.ndim != 2 or R.shape[1] != 3:
         raise ValueError(f"positions must be [N, 3], got shape {R.shape}")
     if not np.isfinite(R).all():
         raise ValueError("positions contain NaN or inf")
+    if not atoms_per_cell > 0 or not np.isfinite(atoms_per_cell):
+        raise ValueError(f"atoms_per_cell must be positive, got {atoms_per_cell}")
     n = len(R)
     if n == 0:
         return np.zeros(0, np.int64)
@@ -139,16 +142,19 @@ def spatial_order(
         box = None
     if box is None:
         lo = R.min(0)
-        lengths = np.maximum(R.max(0) - lo, 1.0)  # Å; a flat direction gets one cell
-        frac = (R - lo) / lengths
+        widths = np.maximum(R.max(0) - lo, 1.0)  # Å; a flat direction gets one cell
+        frac = (R - lo) / widths
+        volume = np.prod(widths)
     else:
-        if not abs(np.linalg.det(box)) > 0:
+        volume = abs(np.linalg.det(box))
+        if not volume > 0:
             raise ValueError("the cell is degenerate (zero volume)")
         frac = np.mod(R @ np.linalg.inv(box), 1.0)
-        lengths = np.linalg.norm(box, axis=1)
-    # cells of about atoms_per_cell atoms each, as cubic as the cell's axes allow
-    side = (np.prod(lengths) * atoms_per_cell / n) ** (1 / 3)
-    bins = np.clip(np.round(lengths / side), 1, 2**21).astype(np.int64)
+        # the distance between opposite faces, across each lattice direction
+        widths = volume / np.linalg.norm(np.cross(box[[1, 2, 0]], box[[2, 0, 1]]), axis=1)
+    # cells of about atoms_per_cell atoms each, as cubic as the cell's shape allows
+    side = (volume * atoms_per_cell / n) ** (1 / 3)
+    bins = np.clip(np.round(widths / side), 1, 2**21).astype(np.int64)
     c = np.minimum((frac * bins).astype(np.int64), bins - 1)
     key = np.zeros(n, np.int64)
     for bit in range(21):  # interleave the bits of the three cell indices

@@ -161,7 +161,8 @@ def test_md_sort_atoms(tmp_path, model_file, capsys):
     structure = write_xyz(tmp_path / "box.xyz", box)
     common = ("--potential", model_file, *COMMON[2:], "--structure", structure)
     first, again = tmp_path / "first", tmp_path / "again"
-    first.mkdir(), again.mkdir()
+    for d in (first, again):
+        d.mkdir()
     assert md(first, *common, "--steps", 10, "--sort-atoms") == 0
     assert "spatial order" in capsys.readouterr().out
     frame = ase.io.read(first / "traj.extxyz", 0)

@@ -122,6 +122,7 @@ def test_spatial_order_brings_neighbours_together(rng):
     flat = R.copy()
     flat[:, 2] = 1.0
     assert np.array_equal(np.sort(neighbors.spatial_order(flat)), np.arange(n))
+    assert neighbors.spatial_order(np.zeros((0, 3))).shape == (0,)
 
 
 def test_spatial_order_wraps_into_the_cell(rng):
@@ -130,10 +131,13 @@ def test_spatial_order_wraps_into_the_cell(rng):
     np.testing.assert_array_equal(
         neighbors.spatial_order(images, cell), neighbors.spatial_order(R, cell)
     )
-    # a triclinic cell: fractional coordinates decide the cells
+    # a triclinic cell: fractional coordinates decide the cells, so rotating the system and its
+    # cell together changes nothing (lattice vectors as rows: R @ Q with cell @ Q)
     tilted = cell + np.array([[0, 0, 0], [4.0, 0, 0], [2.0, 3.0, 0]])
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
     order = neighbors.spatial_order(R, tilted)
     assert np.array_equal(np.sort(order), np.arange(len(R)))
+    np.testing.assert_array_equal(neighbors.spatial_order(R @ q, tilted @ q), order)
 
 
 @pytest.mark.parametrize(
@@ -147,4 +151,5 @@ def test_spatial_order_wraps_into_the_cell(rng):
 def test_spatial_order_bad_input(R, cell, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         neighbors.spatial_order(R, cell)
-    assert neighbors.spatial_order(np.zeros((0, 3))).shape == (0,)
+    with pytest.raises(ValueError, match="atoms_per_cell"):
+        neighbors.spatial_order(np.zeros((2, 3)), atoms_per_cell=0)
