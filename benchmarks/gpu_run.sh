@@ -7,7 +7,8 @@
 # (possibly newer than e3md's CPU pin; the CPU miscompile that pin avoids is CPU-only).
 # Writes benchmarks/gpu_results.json (or $OUT/gpu_results.json when OUT is set), then times
 # e3md at 12288 atoms with larger edge blocks and with all edges at once (EDGE_CHUNK = 1024 was
-# chosen on CPU).
+# chosen on CPU), and the time per atom of MD-like steps (20 per jitted loop) from 192 to 98304
+# atoms (gpu_scaling.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${PY:-}" ]; then
@@ -29,3 +30,5 @@ export PYTHONUNBUFFERED=1
 for chunk in 8192 65536 none; do
   "$PY" benchmarks/bench_performance.py --atoms 12288 --models e3md --edge-chunk "$chunk" --rounds 5
 done
+"$PY" benchmarks/bench_performance.py --scaling --steps 20 --atoms 192,1536,12288,98304 \
+  --rounds 5 --json "${OUT:-benchmarks}/gpu_scaling.json"
