@@ -369,3 +369,21 @@ def test_parameters_travel_as_one_array(pot):
     for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(tree), strict=True):
         assert a.dtype == b.dtype and a.shape == b.shape
         np.testing.assert_array_equal(a, b)
+
+
+def test_sorted_evaluation_returns_the_callers_order(pot, rng):
+    """``sort_atoms``: the calculator evaluates large systems in spatial order; results come
+    back in the caller's order, equal to the unsorted evaluation."""
+    atoms = rattled(bulk("Si", "diamond", a=5.43, cubic=True).repeat((2, 2, 2)), seed=3)
+    atoms = atoms[rng.permutation(len(atoms))]  # 64 atoms in no spatial order
+    atoms.numbers[::5] = 6
+    results = []
+    for sort_atoms in (None, 1):
+        atoms.calc = E3MDCalculator(pot, dtype="float64", min_atoms=64, min_edges=1024,
+                                    sort_atoms=sort_atoms)  # fmt: skip
+        results.append((atoms.get_potential_energies(), atoms.get_forces(), atoms.get_stress()))
+    graph, order = atoms.calc._graph(atoms)
+    assert order is not None and not np.array_equal(order, np.arange(len(atoms)))
+    for unsorted, sorted_ in zip(*results, strict=True):
+        np.testing.assert_allclose(sorted_, unsorted, atol=1e-10)
+    assert np.abs(results[0][1]).max() > 1e-3  # the forces are not trivially zero
