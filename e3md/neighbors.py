@@ -107,8 +107,8 @@ def spatial_order(
     session 22). Energies and forces do not depend on the order (up to the rounding of sums);
     the outputs of a simulation then list the atoms in the new order. Sort once before setting
     up, e.g. ``atoms = atoms[spatial_order(atoms.positions, atoms.cell if atoms.pbc.all() else
-    None)]`` (``e3md md --sort-atoms``); the ASE calculator applies it to large systems itself
-    (``E3MDCalculator(sort_atoms=)``).
+    None)]`` (``e3md md --sort-atoms``); the ASE calculator and the OpenMM force apply it to
+    large systems themselves (``E3MDCalculator(sort_atoms=)``, ``E3mdCompute(sort_atoms=)``).
 
     The atoms are binned into a grid of cells of about ``atoms_per_cell`` atoms each (of the
     periodic cell in fractional coordinates, wrapped into it; of the atoms' bounding box for a

@@ -433,3 +433,21 @@ def test_interpolated_mixed_system(model_path, free_ref):
         e, _ = openmm_energy_forces(ctx, R)
         np.testing.assert_allclose(e, expected, rtol=1e-5, atol=1e-6)
     assert abs(e_mm - e_ref * units.EV_TO_KJ_PER_MOL) > 1.0
+
+
+def test_sorted_evaluation_returns_openmms_order(model_path):
+    """``sort_atoms``: large systems are evaluated in spatial order; the forces come back in
+    OpenMM's order, equal to the unsorted evaluation (and the setting survives pickling)."""
+    numbers, R, cell = random_periodic(np.random.default_rng(12), n=64)
+    model = open(model_path, "rb").read()
+    e0, f0 = E3mdCompute(model, numbers, periodic=True, sort_atoms=None).energy_forces(R, cell)
+    compute = E3mdCompute(model, numbers, periodic=True, sort_atoms=1)
+    from e3md.neighbors import spatial_order
+
+    assert not np.array_equal(spatial_order(R, cell), np.arange(len(R)))
+    for c in (compute, pickle.loads(pickle.dumps(compute))):
+        assert c.sort_atoms == 1
+        e1, f1 = c.energy_forces(R, cell)
+        np.testing.assert_allclose(e1, e0, rtol=1e-12)
+        np.testing.assert_allclose(f1, f0, atol=1e-10)
+    assert np.abs(f0).max() > 1e-3
