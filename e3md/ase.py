@@ -39,7 +39,13 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from jax.flatten_util import ravel_pytree
 
 from e3md.compiler import compiler_options_key, jit
-from e3md.neighbors import bucket_size, host_neighbors, host_rows, spatial_order
+from e3md.neighbors import (
+    SORT_ATOMS_FROM,
+    bucket_size,
+    host_neighbors,
+    host_rows,
+    spatial_order,
+)
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +181,7 @@ class E3MDCalculator(Calculator):
         *,
         min_atoms: int = 8,
         min_edges: int = 64,
-        sort_atoms: int | None = 4096,
+        sort_atoms: int | None = SORT_ATOMS_FROM,
         **kwargs,
     ):
         super().__init__(**kwargs)

@@ -47,6 +47,7 @@ __all__ = [
     "host_neighbors",
     "host_rows",
     "neighbor_list",
+    "SORT_ATOMS_FROM",
     "spatial_order",
     "update",
 ]
@@ -90,6 +91,12 @@ def host_neighbors(
     nl = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
     i, j, S = nl.compute(points=R, box=box, periodic=periodic, quantities="ijS", copy=True)
     return np.asarray(i, np.int32), np.asarray(j, np.int32), np.asarray(S, np.int64)
+
+
+#: systems of at least this many atoms are evaluated in :func:`spatial_order` by the ASE
+#: calculator and the OpenMM force (their ``sort_atoms=`` default): between 1536 atoms, where a
+#: random order cost 5 %, and 12 288, where it cost 32-34 % (BENCHMARKS.md, session 22)
+SORT_ATOMS_FROM = 4096
 
 
 def spatial_order(

@@ -112,6 +112,11 @@ def _capacity(neighbours: int, current: int) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+#: ``E3mdCompute``'s ``sort_atoms`` default: :data:`e3md.neighbors.SORT_ATOMS_FROM`, written
+#: out because this module imports no jax (a test checks that the two agree)
+_SORT_ATOMS_DEFAULT = 4096
+
+
 class E3mdCompute:
     r"""Picklable callable for ``openmm.PythonForce``: OpenMM ``State`` -> (kJ/mol, kJ/mol/nm).
 
@@ -147,7 +152,7 @@ class E3mdCompute:
         periodic: bool = False,
         precision: str = "double",
         atom_labels=None,
-        sort_atoms: int | None = 4096,
+        sort_atoms: int | None = _SORT_ATOMS_DEFAULT,
     ):
         if precision not in ("single", "double"):
             raise ValueError(f"precision must be 'single' or 'double', got {precision!r}")
@@ -173,7 +178,7 @@ class E3mdCompute:
         self.atomic_numbers = tuple(state["atomic_numbers"])
         self.periodic = bool(state["periodic"])
         self.precision = state["precision"]
-        self.sort_atoms = state.get("sort_atoms", 4096)
+        self.sort_atoms = state.get("sort_atoms", _SORT_ATOMS_DEFAULT)
         self._build()
 
     # -- set-up -------------------------------------------------------------------------------

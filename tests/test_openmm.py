@@ -442,8 +442,9 @@ def test_sorted_evaluation_returns_openmms_order(model_path):
     model = open(model_path, "rb").read()
     e0, f0 = E3mdCompute(model, numbers, periodic=True, sort_atoms=None).energy_forces(R, cell)
     compute = E3mdCompute(model, numbers, periodic=True, sort_atoms=1)
-    from e3md.neighbors import spatial_order
+    from e3md.neighbors import SORT_ATOMS_FROM, spatial_order
 
+    assert E3mdCompute(model, numbers).sort_atoms == SORT_ATOMS_FROM
     assert not np.array_equal(spatial_order(R, cell), np.arange(len(R)))
     for c in (compute, pickle.loads(pickle.dumps(compute))):
         assert c.sort_atoms == 1
